@@ -1,0 +1,1100 @@
+"""Copy new rows from several local MySQL/MariaDB servers (one per production line) into one
+cloud database keyed on PackCode: never duplicates, never loses a row, never overwrites the
+columns the cloud side edits (chuku, jxs, cky). Meant to run from cron every few minutes.
+
+How it works, per (source, table), each run:
+
+- Keyset copy on (cursor, key): rows with `cursor <= NOW(6)` taken from the SOURCE's clock at the
+  start of the run, read in (cursor, key) order through one streaming (unbuffered) query. The
+  run starts at the stored watermark minus a lookback window (default 10 minutes) so that rows
+  committed late, with a cursor value older than rows already copied, are still picked up.
+- The source server renders every row as an SQL literal tuple (`QUOTE()`, `HEX()` for binary
+  columns), so values travel as exact text (DATETIME(6), DECIMAL, 4-byte UTF-8) and the job only
+  joins them into multi-row `INSERT ... ON DUPLICATE KEY UPDATE key = key` statements: an
+  existing row is never changed, protected columns are never named.
+- Each batch and the watermark that covers it are committed in ONE target transaction, so a crash
+  at any point loses nothing and duplicates nothing; the watermark only moves forward.
+- A PackCode that is already in the target with different content (another line, or a duplicate
+  within a line) is recorded in `sync_conflicts`; rows that cannot be stored (NULL or empty key,
+  NULL cursor, values the target refuses in strict mode) go to `sync_rejects` as JSON with the
+  error. The first writer wins; nothing is dropped silently.
+- One run at a time per source: `GET_LOCK` on the target (and `flock -n` in cron). A source that
+  is down or frozen hits connect/read/write timeouts, is retried with backoff on transient
+  errors, then skipped for this run while the other sources still sync.
+
+Commands (full guide: mysql_sync/README.md):
+
+    python mysql_sync/sync.py --config /etc/mysql_sync/sync.toml --init-target   # once
+    python mysql_sync/sync.py --config /etc/mysql_sync/sync.toml                 # from cron
+    python mysql_sync/sync.py --config sync.toml --dry-run      # what would be copied; no writes
+    python mysql_sync/sync.py --config sync.toml --verify       # compare source and target
+    python mysql_sync/sync.py --config sync.toml --source line1 --json
+
+Exit codes: 0 every source synced (or nothing new, or another run holds the lock and this one
+stepped aside; with --verify: no unexplained difference); 1 at least one source failed (with
+--verify: rows missing or different); 2 configuration or usage error.
+
+Writes: rows into the target tables and the bookkeeping tables `sync_state`, `sync_conflicts`,
+`sync_rejects` (DDL in mysql_sync/sql/003_bookkeeping.sql); one summary line per source and
+table on stdout (or one JSON document with --json); diagnostics on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import socket
+import sys
+import time
+import tomllib
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pymysql.converters
+import pymysql.cursors
+
+EXIT_OK, EXIT_SOURCE_FAILED, EXIT_USAGE = 0, 1, 2
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+BOOKKEEPING_SQL = SQL_DIR / "003_bookkeeping.sql"
+
+# Errors worth a retry: the connection dropped or could not be made, or InnoDB gave up on a lock.
+TRANSIENT_ERRNOS = {1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
+# Errors that belong to one row's values (strict mode): the row goes to sync_rejects.
+ROW_DATA_ERRNOS = {
+    1048,  # column cannot be null
+    1101,  # BLOB/TEXT can't have a default
+    1264,  # out of range
+    1265,  # data truncated
+    1292,  # incorrect datetime/double value
+    1366,  # incorrect string / integer value (bad UTF-8, non-numeric text)
+    1367,  # illegal value
+    1406,  # data too long
+    1411,  # incorrect value for function
+    1452,  # foreign key
+    3140,  # invalid JSON (MySQL)
+    3819,  # CHECK constraint (MySQL)
+    4025,  # CHECK constraint (MariaDB, JSON columns included)
+}
+TEMPORAL_TYPES = {"datetime", "timestamp", "date"}
+BINARY_TYPES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit"}
+UNSUPPORTED_TYPES = {"geometry", "point", "linestring", "polygon", "multipoint",
+                     "multilinestring", "multipolygon", "geometrycollection"}  # fmt: skip
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+TIME_ZONE_RE = re.compile(r"^(SYSTEM|[+-]\d{2}:\d{2}|[A-Za-z_]+(/[A-Za-z0-9_+-]+)*)$")
+STRICT_SQL_MODE = (
+    "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
+    "NO_ENGINE_SUBSTITUTION"
+)
+# Decode nothing: values stay the exact text the server sent (no float/datetime round trips).
+TEXT_ONLY_CONV = {k: v for k, v in pymysql.converters.conversions.items() if type(k) is not int}
+
+
+class ConfigError(Exception):
+    """Bad configuration or usage: exit 2."""
+
+
+class LockBusy(Exception):
+    """Another run holds this source's lock on the target."""
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass
+class Endpoint:
+    name: str
+    host: str
+    port: int
+    user: str | None
+    database: str
+    password_env: str | None = None
+    option_file: str | None = None
+    option_group: str = "client"
+    time_zone: str = "+00:00"
+    ssl_ca: str | None = None
+    ssl_verify_identity: bool = False
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    write_timeout: float = 120.0
+    sql_mode: str = STRICT_SQL_MODE
+
+
+@dataclass
+class TableSpec:
+    source: str
+    target: str
+    key: str = "PackCode"
+    cursor: str = "CreatedDate"
+    protected: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    source_column: str | None = "source_name"
+
+
+@dataclass
+class JobSpec:
+    batch_rows: int = 5000
+    max_statement_bytes: int = 4 * 1024 * 1024
+    lookback_seconds: float = 600.0
+    max_rows_per_run: int = 0  # 0 = no limit
+    retries: int = 3
+    retry_backoff_seconds: float = 2.0
+    throttle_seconds: float = 0.0
+    verify_chunk_rows: int = 2000
+    lock_prefix: str = "mysql_sync"
+
+
+@dataclass
+class Config:
+    target: Endpoint
+    sources: list[Endpoint]
+    tables: list[TableSpec]
+    job: JobSpec
+
+
+def _take(section: dict, key: str, kind: type | tuple, where: str, default: Any = ...) -> Any:
+    if key not in section:
+        if default is ...:
+            raise ConfigError(f"{where}: missing key `{key}`")
+        return default
+    value = section[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: `{key}` must be {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _endpoint(section: dict, where: str, defaults: dict[str, Any]) -> Endpoint:
+    known = {"name", "host", "port", "user", "password_env", "option_file", "option_group",
+             "database", "time_zone", "ssl_ca", "ssl_verify_identity", "connect_timeout",
+             "read_timeout", "write_timeout", "sql_mode"}  # fmt: skip
+    unknown = set(section) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+    option_file = _take(section, "option_file", str, where, None)
+    ep = Endpoint(
+        name=_take(section, "name", str, where, defaults.get("name", ...)),
+        host=_take(section, "host", str, where, "127.0.0.1" if option_file else ...),
+        port=_take(section, "port", int, where, 3306),
+        user=_take(section, "user", str, where, None if option_file else ...),
+        database=_take(section, "database", str, where),
+        password_env=_take(section, "password_env", str, where, None),
+        option_file=option_file,
+        option_group=_take(section, "option_group", str, where, "client"),
+        time_zone=_take(section, "time_zone", str, where, defaults.get("time_zone", "+00:00")),
+        ssl_ca=_take(section, "ssl_ca", str, where, None),
+        ssl_verify_identity=_take(section, "ssl_verify_identity", bool, where, False),
+        connect_timeout=_take(section, "connect_timeout", float, where, 10.0),
+        read_timeout=_take(section, "read_timeout", float, where, 120.0),
+        write_timeout=_take(section, "write_timeout", float, where, 120.0),
+        sql_mode=_take(section, "sql_mode", str, where, STRICT_SQL_MODE),
+    )
+    if not NAME_RE.match(ep.name):
+        raise ConfigError(f"{where}: name {ep.name!r} must match {NAME_RE.pattern}")
+    if not TIME_ZONE_RE.match(ep.time_zone):
+        raise ConfigError(f"{where}: time_zone {ep.time_zone!r} is not '+HH:MM' or a zone name")
+    if not re.fullmatch(r"[A-Z_,]*", ep.sql_mode):
+        raise ConfigError(f"{where}: sql_mode {ep.sql_mode!r} is not a list of modes")
+    if ep.password_env is None and ep.option_file is None:
+        raise ConfigError(
+            f"{where}: give `password_env` (name of an environment variable) or `option_file` "
+            "(a MySQL option file); passwords never go in the config or on the command line"
+        )
+    if ep.password_env is not None and ep.password_env not in os.environ:
+        raise ConfigError(f"{where}: environment variable {ep.password_env} is not set")
+    if ep.option_file is not None and not Path(ep.option_file).is_file():
+        raise ConfigError(f"{where}: option_file {ep.option_file} does not exist")
+    if ep.ssl_ca is not None and not Path(ep.ssl_ca).is_file():
+        raise ConfigError(f"{where}: ssl_ca {ep.ssl_ca} does not exist")
+    for key in ("connect_timeout", "read_timeout", "write_timeout"):
+        if getattr(ep, key) <= 0:
+            raise ConfigError(f"{where}: {key} must be > 0")
+    return ep
+
+
+def load_config(path: Path) -> Config:
+    """Parse and check the TOML file; every problem is a ConfigError (exit 2)."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    unknown = set(raw) - {"target", "sources", "tables", "job"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}")
+    if not isinstance(raw.get("target"), dict):
+        raise ConfigError(f"{path}: missing [target] section")
+    target = _endpoint(raw["target"], "[target]", {"name": "target"})
+    sources_raw = raw.get("sources")
+    if not isinstance(sources_raw, list) or not sources_raw:
+        raise ConfigError(f"{path}: needs at least one [[sources]] entry")
+    sources = [
+        _endpoint(s, f"[[sources]] #{i + 1}", {"time_zone": target.time_zone})
+        for i, s in enumerate(sources_raw)
+    ]
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: source names must be unique, got {names}")
+    tables_raw = raw.get("tables")
+    if not isinstance(tables_raw, list) or not tables_raw:
+        raise ConfigError(f"{path}: needs at least one [[tables]] entry")
+    tables = []
+    for i, t in enumerate(tables_raw):
+        where = f"[[tables]] #{i + 1}"
+        unknown = set(t) - {"source", "target", "key", "cursor", "protected", "exclude",
+                            "source_column"}  # fmt: skip
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+        src_table = _take(t, "source", str, where)
+        spec = TableSpec(
+            source=src_table,
+            target=_take(t, "target", str, where, src_table),
+            key=_take(t, "key", str, where, "PackCode"),
+            cursor=_take(t, "cursor", str, where, "CreatedDate"),
+            protected=list(_take(t, "protected", list, where, [])),
+            exclude=list(_take(t, "exclude", list, where, [])),
+            source_column=_take(t, "source_column", str, where, "source_name") or None,
+        )
+        for col in spec.protected + spec.exclude:
+            if not isinstance(col, str):
+                raise ConfigError(f"{where}: `protected`/`exclude` must list column names")
+        if (
+            spec.key in spec.protected + spec.exclude
+            or spec.cursor in spec.protected + spec.exclude
+        ):
+            raise ConfigError(f"{where}: key and cursor columns cannot be protected or excluded")
+        if spec.source_column in (spec.key, spec.cursor):
+            raise ConfigError(f"{where}: source_column must be a column of its own")
+        tables.append(spec)
+    job_raw = raw.get("job", {})
+    known_job = set(JobSpec.__dataclass_fields__)
+    if set(job_raw) - known_job:
+        raise ConfigError(f"[job]: unknown key(s) {sorted(set(job_raw) - known_job)}")
+    job = JobSpec()
+    for key, default in vars(JobSpec()).items():
+        setattr(job, key, _take(job_raw, key, type(default), "[job]", default))
+    if job.batch_rows < 1 or job.max_statement_bytes < 16384 or job.verify_chunk_rows < 1:
+        raise ConfigError("[job]: batch_rows >= 1, max_statement_bytes >= 16384, chunk >= 1")
+    if job.lookback_seconds < 0 or job.retries < 0 or job.max_rows_per_run < 0:
+        raise ConfigError("[job]: lookback_seconds, retries, max_rows_per_run must be >= 0")
+    return Config(target=target, sources=sources, tables=tables, job=job)
+
+
+# ----------------------------------------------------------------------------- connections
+def connect(ep: Endpoint, *, autocommit: bool, database: bool = True) -> pymysql.Connection:
+    """utf8mb4, explicit time zone and sql_mode, timeouts on connect/read/write."""
+    kwargs: dict[str, Any] = dict(
+        host=ep.host,
+        port=ep.port,
+        charset="utf8mb4",
+        connect_timeout=ep.connect_timeout,
+        read_timeout=ep.read_timeout,
+        write_timeout=ep.write_timeout,
+        autocommit=autocommit,
+        conv=TEXT_ONLY_CONV,
+        sql_mode=ep.sql_mode,
+        # The zone is validated by TIME_ZONE_RE above, so it cannot break out of the quotes.
+        init_command=f"SET time_zone = '{ep.time_zone}'",
+        local_infile=False,
+    )
+    if database:
+        kwargs["database"] = ep.database
+    if ep.user is not None:
+        kwargs["user"] = ep.user
+    if ep.password_env is not None:
+        kwargs["password"] = os.environ[ep.password_env]
+    if ep.option_file is not None:
+        kwargs["read_default_file"] = ep.option_file
+        kwargs["read_default_group"] = ep.option_group
+    if ep.ssl_ca is not None:
+        kwargs.update(ssl_ca=ep.ssl_ca, ssl_verify_cert=True)
+        kwargs["ssl_verify_identity"] = ep.ssl_verify_identity
+    return pymysql.connect(**kwargs)
+
+
+def qi(name: str) -> str:
+    """Quote an identifier (already checked against information_schema)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def scalar(conn: pymysql.Connection, sql: str, args: Any = None) -> Any:
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        row = cur.fetchone()
+    return None if row is None else row[0]
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (socket.timeout, TimeoutError, ConnectionError)):
+        return True
+    if isinstance(exc, pymysql.err.InterfaceError):
+        return True  # the connection was already closed under us
+    if isinstance(exc, pymysql.err.MySQLError) and exc.args:
+        return exc.args[0] in TRANSIENT_ERRNOS
+    return False
+
+
+def errno_of(exc: BaseException) -> int | None:
+    if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return None
+
+
+# ----------------------------------------------------------------------------- table plans
+@dataclass
+class Column:
+    name: str
+    data_type: str
+    column_type: str
+    nullable: bool
+    default: str | None
+    extra: str
+    charset: str | None
+    collation: str | None
+
+
+def table_columns(conn: pymysql.Connection, database: str, table: str) -> list[Column]:
+    sql = (
+        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, EXTRA, "
+        "CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION"
+    )
+    with conn.cursor() as cur:
+        cur.execute(sql, (database, table))
+        rows = cur.fetchall()
+    return [
+        Column(r[0], r[1].lower(), r[2], r[3] == "YES", r[4], (r[5] or "").lower(), r[6], r[7])
+        for r in rows
+    ]
+
+
+def literal_expr(columns: list[Column]) -> str:
+    """SQL that makes the server render a row as `v1,v2,...` with each value an exact SQL literal:
+    QUOTE() escapes text (NULL becomes the word NULL), binary columns travel as X'hex'."""
+    parts = []
+    for col in columns:
+        if col.data_type in BINARY_TYPES:
+            parts.append(
+                f"IF({qi(col.name)} IS NULL, 'NULL', CONCAT('X''', HEX({qi(col.name)}), ''''))"
+            )
+        else:
+            parts.append(f"CONVERT(QUOTE({qi(col.name)}) USING utf8mb4)")
+    return "CONCAT_WS(','," + ",".join(parts) + ")"
+
+
+@dataclass
+class TablePlan:
+    spec: TableSpec
+    columns: list[Column]  # copied columns, source order
+    cursor_type: str
+    select_lit: str  # literal expression over the copied columns
+    insert_prefix: str  # INSERT INTO t (cols) VALUES
+    insert_suffix: str  # ON DUPLICATE KEY UPDATE key = key
+
+
+def plan_table(
+    src: pymysql.Connection, tgt: pymysql.Connection | None, source: Endpoint, target_db: str,
+    spec: TableSpec, *, target_must_exist: bool = True,
+) -> TablePlan:  # fmt: skip
+    """Check every configured name against information_schema on both sides, choose the copied
+    columns and build the statements. Unknown names are configuration errors."""
+    src_cols = table_columns(src, source.database, spec.source)
+    if not src_cols:
+        raise ConfigError(f"source {source.name}: table {source.database}.{spec.source} not found")
+    by_name = {c.name: c for c in src_cols}
+    for role, col in (("key", spec.key), ("cursor", spec.cursor)):
+        if col not in by_name:
+            raise ConfigError(f"source {source.name}: {spec.source} has no {role} column {col}")
+    cursor_type = by_name[spec.cursor].data_type
+    if cursor_type not in TEMPORAL_TYPES:
+        raise ConfigError(
+            f"source {source.name}: cursor {spec.cursor} is {cursor_type}; it must be a "
+            "DATETIME, TIMESTAMP or DATE column (the run's upper bound is the source clock)"
+        )
+    for col in spec.exclude:
+        if col not in by_name:
+            raise ConfigError(f"source {source.name}: excluded column {col} not in {spec.source}")
+    skip = set(spec.protected) | set(spec.exclude) | {spec.source_column}
+    copied = [
+        c for c in src_cols if c.name not in skip and "generated" not in c.extra
+    ]  # generated columns cannot be inserted; the target computes its own
+    for c in copied:
+        if c.data_type in UNSUPPORTED_TYPES:
+            raise ConfigError(
+                f"source {source.name}: column {c.name} has type {c.data_type}; list it in exclude"
+            )
+    if tgt is not None:
+        tgt_cols = {c.name for c in table_columns(tgt, target_db, spec.target)}
+        if not tgt_cols and target_must_exist:
+            raise ConfigError(
+                f"target table {target_db}.{spec.target} does not exist: run with --init-target "
+                "or create it with mysql_sync/sql/002_target_tables.sql"
+            )
+        if tgt_cols:
+            missing = [c.name for c in copied if c.name not in tgt_cols]
+            if spec.source_column and spec.source_column not in tgt_cols:
+                missing.append(spec.source_column)
+            if missing:
+                raise ConfigError(
+                    f"target table {spec.target} lacks column(s) {missing}: add them to the "
+                    "target or list source-only columns in the table's `exclude`"
+                )
+    names = [c.name for c in copied] + ([spec.source_column] if spec.source_column else [])
+    return TablePlan(
+        spec=spec,
+        columns=copied,
+        cursor_type=cursor_type,
+        select_lit=literal_expr(copied),
+        insert_prefix=f"INSERT INTO {qi(spec.target)} ({', '.join(qi(n) for n in names)}) VALUES ",
+        # A no-op update: existing rows stay exactly as they are; affected-rows is 0 for them.
+        insert_suffix=f" ON DUPLICATE KEY UPDATE {qi(spec.key)} = {qi(spec.key)}",
+    )
+
+
+def target_table_ddl(spec: TableSpec, src_cols: list[Column]) -> str:
+    """CREATE TABLE for the target from the source's columns: the key becomes the PRIMARY KEY,
+    AUTO_INCREMENT and the source's own keys are dropped (ids from several lines may collide),
+    protected columns missing from the source are added as VARCHAR(255) NULL, and the
+    source_column records which line the row came from."""
+    lines = []
+    names = set()
+    for c in src_cols:
+        if c.name in spec.exclude or "generated" in c.extra:
+            continue
+        names.add(c.name)
+        parts = [qi(c.name), c.column_type]
+        if c.collation:
+            parts.append(f"COLLATE {c.collation}")
+        if c.name == spec.key:
+            parts.append("NOT NULL")
+        else:
+            parts.append("NULL" if c.nullable else "NOT NULL")
+            if c.default is not None and c.default.upper() != "NULL":
+                parts.append(f"DEFAULT {c.default}")
+            elif c.nullable:
+                parts.append("DEFAULT NULL")
+        lines.append(" ".join(parts))
+    for col in spec.protected:
+        if col not in names:
+            lines.append(f"{qi(col)} VARCHAR(255) NULL DEFAULT NULL")
+    if spec.source_column:
+        lines.append(f"{qi(spec.source_column)} VARCHAR(64) NOT NULL DEFAULT ''")
+    lines.append(f"PRIMARY KEY ({qi(spec.key)})")
+    lines.append(f"KEY {qi('ix_' + spec.cursor)} ({qi(spec.cursor)})")
+    body = ",\n  ".join(lines)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {qi(spec.target)} (\n  {body}\n) "
+        "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+    )
+
+
+def split_sql(text: str) -> list[str]:
+    """Split an SQL script on `;` at line ends; our scripts keep semicolons out of strings."""
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in re.split(r";\s*(?:\n|$)", body) if s.strip()]
+
+
+def init_target(cfg: Config, sources: list[Endpoint], dry_run: bool, log) -> list[str]:
+    """Create the bookkeeping tables and each missing target table (from the first reachable
+    source that has the table). Returns the statements (executed unless dry_run)."""
+    statements = split_sql(BOOKKEEPING_SQL.read_text(encoding="utf-8"))
+    tgt = connect(cfg.target, autocommit=True)
+    try:
+        for spec in cfg.tables:
+            if table_columns(tgt, cfg.target.database, spec.target):
+                continue
+            ddl = None
+            for source in sources:
+                try:
+                    src = connect(source, autocommit=True)
+                except pymysql.err.MySQLError as exc:
+                    log(f"init-target: source {source.name} unreachable ({exc}); trying the next")
+                    continue
+                try:
+                    cols = table_columns(src, source.database, spec.source)
+                finally:
+                    src.close()
+                if cols:
+                    ddl = target_table_ddl(spec, cols)
+                    break
+            if ddl is None:
+                raise ConfigError(f"init-target: no reachable source has table {spec.source}")
+            statements.append(ddl)
+        if not dry_run:
+            with tgt.cursor() as cur:
+                for stmt in statements:
+                    cur.execute(stmt)
+    finally:
+        tgt.close()
+    return statements
+
+
+# ----------------------------------------------------------------------------- row literals
+_LIT_TOKEN = re.compile(r"NULL|X'([0-9A-Fa-f]*)'|'((?:[^'\\]|\\.)*)'", re.S)
+_UNESCAPE = {"0": "\0", "Z": "\x1a", "n": "\n", "r": "\r", "t": "\t", "b": "\b"}
+
+
+def parse_literal_row(text: str) -> list[str | None]:
+    """Inverse of literal_expr, for the JSON copies kept in sync_rejects/sync_conflicts."""
+    values: list[str | None] = []
+    pos = 0
+    while pos < len(text):
+        m = _LIT_TOKEN.match(text, pos)
+        if m is None:
+            raise ValueError(f"cannot parse row literal at {pos}: {text[pos : pos + 20]!r}")
+        if m.group(0) == "NULL":
+            values.append(None)
+        elif m.group(1) is not None:
+            values.append("0x" + m.group(1))
+        else:
+            values.append(
+                re.sub(r"\\(.)", lambda e: _UNESCAPE.get(e[1], e[1]), m.group(2), flags=re.S)
+            )
+        pos = m.end()
+        if pos < len(text):
+            if text[pos] != ",":
+                raise ValueError(f"expected ',' at {pos} in row literal")
+            pos += 1
+    return values
+
+
+def row_json(plan: TablePlan, literal: str) -> str:
+    try:
+        values = parse_literal_row(literal)
+        obj: Any = dict(zip([c.name for c in plan.columns], values, strict=True))
+    except ValueError:
+        obj = {"_literal": literal}
+    return json.dumps(obj, ensure_ascii=False, sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- the copy
+@dataclass
+class TableResult:
+    source: str
+    table: str
+    target_table: str
+    read: int = 0
+    inserted: int = 0
+    present: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    watermark: str | None = None
+    upper_bound: str | None = None
+    dry_run: bool = False
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(vars(self))
+        d["rows_per_s"] = round(self.read / self.seconds, 1) if self.seconds > 0 else 0.0
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+@dataclass
+class SourceResult:
+    source: str
+    status: str = "ok"  # ok | failed | locked | config_error
+    attempts: int = 0
+    error: str | None = None
+    tables: list[TableResult] = field(default_factory=list)
+    verify: list[dict[str, Any]] = field(default_factory=list)
+
+
+def norm_key(key: str) -> str:
+    """Key as the (usually case-insensitive, PAD SPACE) collation compares it."""
+    return key.rstrip(" ").casefold()
+
+
+def read_state(
+    tgt: pymysql.Connection, source: str, spec: TableSpec
+) -> tuple[str, str | None] | None:
+    with tgt.cursor() as cur:
+        cur.execute(
+            "SELECT cursor_value, key_value FROM sync_state "
+            "WHERE source_name = %s AND source_table = %s AND target_table = %s",
+            (source, spec.source, spec.target),
+        )
+        row = cur.fetchone()
+    tgt.commit()  # end the read snapshot so later reads see fresh data
+    if row is None or row[0] is None:
+        return None
+    return row[0], row[1]
+
+
+def shift_time(value: str, seconds: float) -> str:
+    """`value` (DATE/DATETIME text) minus `seconds`, as DATETIME(6) text."""
+    moment = datetime.fromisoformat(value) - timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+class Copier:
+    """Streams one (source, table) into the target in committed batches."""
+
+    def __init__(self, cfg: Config, source: Endpoint, plan: TablePlan, src, tgt, dry_run: bool):
+        self.cfg, self.source, self.plan, self.src, self.tgt = cfg, source, plan, src, tgt
+        self.dry_run = dry_run
+        self.spec = plan.spec
+        self.source_suffix = (
+            "," + pymysql.converters.escape_string(source.name).join("''") + ")"
+            if plan.spec.source_column
+            else ")"
+        ).encode()
+        max_packet = int(scalar(tgt, "SELECT @@max_allowed_packet"))
+        # Leave room for the statement text around the rows and the protocol header.
+        self.statement_limit = min(cfg.job.max_statement_bytes, max_packet - 4096)
+        self.result = TableResult(source.name, plan.spec.source, plan.spec.target, dry_run=dry_run)
+        self.dry_run_seen: dict[str, str] = {}
+
+    # -- reading -------------------------------------------------------------------------------
+    def source_query(self, state: tuple[str, str | None] | None, upper: str) -> tuple[str, list]:
+        c, k = qi(self.spec.cursor), qi(self.spec.key)
+        lookback = self.cfg.job.lookback_seconds
+        if state is None:
+            where, args = f"{c} <= %s", [upper]
+        elif lookback > 0:
+            where, args = f"{c} >= %s AND {c} <= %s", [shift_time(state[0], lookback), upper]
+        elif state[1] is None:
+            where, args = f"{c} >= %s AND {c} <= %s", [state[0], upper]
+        else:
+            # Keyset continuation written out: MariaDB does not range-optimise (c, k) > (x, y).
+            where = f"{c} >= %s AND ({c} > %s OR {k} > %s) AND {c} <= %s"
+            args = [state[0], state[0], state[1], upper]
+        sql = (
+            f"SELECT {self.plan.select_lit}, {c}, {k} FROM {qi(self.spec.source)} "
+            f"WHERE {where} ORDER BY {c}, {k}"
+        )
+        if self.cfg.job.max_rows_per_run:
+            sql += f" LIMIT {int(self.cfg.job.max_rows_per_run)}"
+        return sql, args
+
+    def run(self) -> TableResult:
+        started = time.monotonic()
+        res = self.result
+        upper = scalar(self.src, "SELECT NOW(6)")  # the SOURCE clock bounds this run
+        res.upper_bound = upper
+        state = read_state(self.tgt, self.source.name, self.spec)
+        self.watermark = state
+        res.watermark = state[0] if state else None
+        lookback = self.cfg.job.lookback_seconds
+
+        batch: list[tuple[bytes, str, str]] = []
+        rejects: list[tuple[str | None, str, int | None, str]] = []
+        batch_bytes = 0
+        last: tuple[str, str | None] | None = None
+
+        def flush() -> None:
+            nonlocal batch, rejects, batch_bytes
+            new_state = self.watermark
+            if last is not None:
+                if self.watermark is None or lookback == 0 or last[0] > self.watermark[0]:
+                    # Rows arrive in (cursor, key) order; with a lookback window the re-read
+                    # rows sit at or before the stored cursor, so only a later cursor moves it.
+                    new_state = last
+            self.write_batch(batch, rejects, new_state)
+            self.watermark = new_state
+            batch, rejects, batch_bytes = [], [], 0
+            if self.cfg.job.throttle_seconds:
+                time.sleep(self.cfg.job.throttle_seconds)
+
+        # NULL cursors never match a range predicate: fetch them separately so they are
+        # reported in sync_rejects instead of silently ignored.
+        with self.src.cursor() as cur:
+            cur.execute(
+                f"SELECT {self.plan.select_lit}, {qi(self.spec.key)} FROM {qi(self.spec.source)} "
+                f"WHERE {qi(self.spec.cursor)} IS NULL"
+            )
+            for lit, key in cur.fetchall():
+                res.read += 1
+                rejects.append((key, lit, None, f"NULL cursor column {self.spec.cursor}"))
+
+        sql, args = self.source_query(state, upper)
+        with self.src.cursor(pymysql.cursors.SSCursor) as cur:
+            cur.execute(sql, args)
+            for lit, cursor_value, key in cur:
+                res.read += 1
+                if key is None or key.strip() == "":
+                    rejects.append((key, lit, None, f"NULL or empty key column {self.spec.key}"))
+                else:
+                    row = ("(" + lit).encode() + self.source_suffix
+                    if len(row) + len(self.plan.insert_prefix) + 200 > self.statement_limit:
+                        rejects.append((key, lit, None, "row larger than max_allowed_packet"))
+                    else:
+                        if batch_bytes + len(row) + 1 > self.statement_limit - 200 - len(
+                            self.plan.insert_prefix
+                        ):
+                            flush()
+                        batch.append((row, key, lit))
+                        batch_bytes += len(row) + 1
+                last = (cursor_value, key)
+                if len(batch) >= self.cfg.job.batch_rows or len(rejects) >= 1000:
+                    flush()
+        if batch or rejects or (last is not None and self.watermark != last and not self.dry_run):
+            flush()
+        res.watermark = self.watermark[0] if self.watermark else None
+        res.seconds = time.monotonic() - started
+        return res
+
+    # -- writing -------------------------------------------------------------------------------
+    def insert(self, rows: list[tuple[bytes, str, str]], rejects: list) -> tuple[int, list]:
+        """Multi-row INSERT; on a strict-mode data error split the rows in halves until the bad
+        ones are isolated (InnoDB rolls back only the failed statement, not the transaction)."""
+        if not rows:
+            return 0, []
+        sql = (
+            self.plan.insert_prefix.encode()
+            + b",".join(r[0] for r in rows)
+            + self.plan.insert_suffix.encode()
+        )
+        try:
+            with self.tgt.cursor() as cur:
+                affected = cur.execute(sql)
+            return affected, rows
+        except pymysql.err.MySQLError as exc:
+            code = errno_of(exc)
+            if code not in ROW_DATA_ERRNOS:
+                raise
+            if len(rows) == 1:
+                rejects.append((rows[0][1], rows[0][2], code, str(exc.args[1])))
+                return 0, []
+            mid = len(rows) // 2
+            n1, kept1 = self.insert(rows[:mid], rejects)
+            n2, kept2 = self.insert(rows[mid:], rejects)
+            return n1 + n2, kept1 + kept2
+
+    def fetch_target_literals(self, keys: list[str]) -> dict[str, tuple[str, str | None]]:
+        if not keys:
+            return {}
+        src_col = qi(self.spec.source_column) if self.spec.source_column else "NULL"
+        found: dict[str, tuple[str, str | None]] = {}
+        unique = list(dict.fromkeys(keys))
+        for i in range(0, len(unique), 1000):
+            part = unique[i : i + 1000]
+            with self.tgt.cursor() as cur:
+                cur.execute(
+                    f"SELECT {qi(self.spec.key)}, {self.plan.select_lit}, {src_col} "
+                    f"FROM {qi(self.spec.target)} WHERE {qi(self.spec.key)} IN "
+                    f"({','.join(['%s'] * len(part))})",
+                    part,
+                )
+                for key, lit, owner in cur.fetchall():
+                    found[norm_key(key)] = (lit, owner)
+        return found
+
+    def write_batch(self, batch, rejects, new_state) -> None:
+        res = self.result
+        if self.dry_run:
+            # Classify without writing: what would be inserted, already present or conflict.
+            existing = self.fetch_target_literals([r[1] for r in batch])
+            for _, key, lit in batch:
+                nk = norm_key(key)
+                have = existing.get(nk, (self.dry_run_seen.get(nk), None))[0]
+                if have is None:
+                    res.inserted += 1
+                    self.dry_run_seen[nk] = lit
+                elif have == lit:
+                    res.present += 1
+                else:
+                    res.conflicts += 1
+            res.rejected += len(rejects)
+            return
+        conflicts = []
+        inserted, kept = self.insert(batch, rejects)
+        if inserted < len(kept):
+            # Some keys already existed (or repeated within the batch): compare contents.
+            existing = self.fetch_target_literals([r[1] for r in kept])
+            for _, key, lit in kept:
+                have = existing.get(norm_key(key))
+                if have is not None and have[0] != lit:
+                    conflicts.append((key, lit, have[1]))
+        res.inserted += inserted
+        res.conflicts += len(conflicts)
+        res.present += len(kept) - inserted - len(conflicts)
+        res.rejected += len(rejects)
+        with self.tgt.cursor() as cur:
+            for key, lit, owner in conflicts:
+                cur.execute(
+                    "INSERT INTO sync_conflicts (source_name, table_name, key_value, row_hash, "
+                    "row_json, winner_source) VALUES (%s, %s, %s, %s, %s, %s) "
+                    "ON DUPLICATE KEY UPDATE last_seen = NOW(6), seen_count = seen_count + 1",
+                    (self.source.name, self.spec.target, key,
+                     hashlib.md5(lit.encode()).hexdigest(), row_json(self.plan, lit), owner),
+                )  # fmt: skip
+            for key, lit, code, reason in rejects:
+                cur.execute(
+                    "INSERT INTO sync_rejects (source_name, table_name, key_value, row_hash, "
+                    "row_json, error_code, error) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                    "ON DUPLICATE KEY UPDATE last_seen = NOW(6), seen_count = seen_count + 1, "
+                    "error_code = VALUES(error_code), error = VALUES(error)",
+                    (self.source.name, self.spec.target, key,
+                     hashlib.md5(lit.encode()).hexdigest(), row_json(self.plan, lit), code,
+                     reason[:1000]),
+                )  # fmt: skip
+            if new_state is not None:
+                # Same transaction as the rows: both land or neither does.
+                cur.execute(
+                    "INSERT INTO sync_state (source_name, source_table, target_table, "
+                    "cursor_value, key_value, rows_inserted) VALUES (%s, %s, %s, %s, %s, %s) "
+                    "ON DUPLICATE KEY UPDATE cursor_value = VALUES(cursor_value), "
+                    "key_value = VALUES(key_value), "
+                    "rows_inserted = rows_inserted + VALUES(rows_inserted)",
+                    (self.source.name, self.spec.source, self.spec.target, new_state[0],
+                     new_state[1], inserted),
+                )  # fmt: skip
+        self.tgt.commit()
+
+
+# ----------------------------------------------------------------------------- verify
+def verify_table(cfg: Config, source: Endpoint, plan: TablePlan, src, tgt) -> dict[str, Any]:
+    """Compare the source rows up to the stored watermark with the target, in chunks of keys:
+    one COUNT/SUM(CRC32) checksum per chunk from the target, rows fetched only for chunks whose
+    checksum differs. Differences already explained by sync_conflicts/sync_rejects are tagged."""
+    spec = plan.spec
+    out: dict[str, Any] = {"source": source.name, "table": spec.source, "target_table": spec.target,
+                           "checked": 0, "chunks": 0, "chunks_differing": 0, "missing": [],
+                           "different": [], "explained": 0}  # fmt: skip
+    state = read_state(tgt, source.name, spec)
+    if state is None:
+        out["note"] = "never synced"
+        return out
+    k = qi(spec.key)
+    tgt_hash = f"MD5({plan.select_lit})"
+
+    def check_chunk(chunk: list[tuple[str, str]]) -> None:
+        out["chunks"] += 1
+        out["checked"] += len(chunk)
+        keys = [key for key, _ in chunk]
+        expect = sum(zlib.crc32(f"{key}|{h}".encode()) for key, h in chunk)
+        marks = ",".join(["%s"] * len(keys))
+        with tgt.cursor() as cur:
+            cur.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT({k}, '|', {tgt_hash}))), 0) "
+                f"FROM {qi(spec.target)} WHERE {k} IN ({marks})",
+                keys,
+            )
+            count, total = cur.fetchone()
+        if int(count) == len(chunk) and int(total) == expect:
+            return
+        out["chunks_differing"] += 1
+        with tgt.cursor() as cur:
+            cur.execute(
+                f"SELECT {k}, {tgt_hash} FROM {qi(spec.target)} WHERE {k} IN ({marks})", keys
+            )
+            have = {norm_key(key): h for key, h in cur.fetchall()}
+        for key, h in chunk:
+            got = have.get(norm_key(key))
+            if got is None:
+                out["missing"].append(key)
+            elif got != h:
+                out["different"].append(key)
+
+    with src.cursor(pymysql.cursors.SSCursor) as cur:
+        cur.execute(
+            f"SELECT {k}, MD5({plan.select_lit}) FROM {qi(spec.source)} "
+            f"WHERE {qi(spec.cursor)} <= %s AND {k} IS NOT NULL AND {k} <> '' ORDER BY {k}",
+            (state[0],),
+        )
+        chunk: list[tuple[str, str]] = []
+        for key, h in cur:
+            chunk.append((key, h))
+            if len(chunk) >= cfg.job.verify_chunk_rows:
+                check_chunk(chunk)
+                chunk = []
+        if chunk:
+            check_chunk(chunk)
+    # Rows that the sync deliberately did not store are explained, not errors.
+    suspects = out["missing"] + out["different"]
+    explained: set[str] = set()
+    for i in range(0, len(suspects), 1000):
+        part = suspects[i : i + 1000]
+        marks = ",".join(["%s"] * len(part))
+        with tgt.cursor() as cur:
+            for table in ("sync_conflicts", "sync_rejects"):
+                cur.execute(
+                    f"SELECT key_value FROM {table} WHERE source_name = %s AND table_name = %s "
+                    f"AND key_value IN ({marks})",
+                    [source.name, spec.target, *part],
+                )
+                explained.update(norm_key(r[0]) for r in cur.fetchall())
+    tgt.commit()
+    out["explained"] = sum(norm_key(key) in explained for key in suspects)
+    out["missing_explained"] = [key for key in out["missing"] if norm_key(key) in explained]
+    out["different_explained"] = [key for key in out["different"] if norm_key(key) in explained]
+    out["missing"] = [key for key in out["missing"] if norm_key(key) not in explained]
+    out["different"] = [key for key in out["different"] if norm_key(key) not in explained]
+    return out
+
+
+# ----------------------------------------------------------------------------- per source
+def sync_source(cfg: Config, source: Endpoint, args, log) -> SourceResult:
+    result = SourceResult(source.name)
+    attempts = 1 + cfg.job.retries
+    for attempt in range(1, attempts + 1):
+        result.attempts = attempt
+        result.tables, result.verify = [], []
+        src = tgt = None
+        try:
+            tgt = connect(cfg.target, autocommit=False)
+            lock = f"{cfg.job.lock_prefix}:{cfg.target.database}:{source.name}"
+            if scalar(tgt, "SELECT GET_LOCK(%s, 0)", (lock,)) != "1":
+                raise LockBusy(lock)
+            src = connect(source, autocommit=True)
+            with src.cursor() as cur:
+                # A slow target must not make the source drop the streaming result.
+                cur.execute("SET SESSION net_write_timeout = 3600")
+            for spec in cfg.tables:
+                plan = plan_table(src, tgt, source, cfg.target.database, spec)
+                if args.verify:
+                    result.verify.append(verify_table(cfg, source, plan, src, tgt))
+                else:
+                    copier = Copier(cfg, source, plan, src, tgt, dry_run=args.dry_run)
+                    result.tables.append(copier.run())
+            result.status, result.error = "ok", None
+            return result
+        except LockBusy as exc:
+            result.status, result.error = "locked", f"another run holds lock {exc}"
+            return result
+        except ConfigError as exc:
+            result.status, result.error = "config_error", str(exc)
+            return result
+        except Exception as exc:  # noqa: BLE001 - any failure skips this source, not the run
+            result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
+            if not is_transient(exc) or attempt == attempts:
+                return result
+            delay = cfg.job.retry_backoff_seconds * 2 ** (attempt - 1)
+            log(f"{source.name}: transient error ({result.error}); retry {attempt} in {delay:g}s")
+            time.sleep(delay)
+        finally:
+            for conn in (src, tgt):
+                if conn is not None:
+                    try:
+                        conn.close()  # closing the target connection also releases GET_LOCK
+                    except Exception:  # noqa: BLE001
+                        pass
+    return result
+
+
+def summary_line(r: TableResult) -> str:
+    d = r.as_dict()
+    head = f"{r.source} {r.table}->{r.target_table}" + (" [dry-run]" if r.dry_run else "")
+    would = "would_insert" if r.dry_run else "inserted"
+    return (
+        f"{head}: read={r.read} {would}={r.inserted} present={r.present} "
+        f"conflicts={r.conflicts} rejected={r.rejected} seconds={d['seconds']:.3f} "
+        f"rows/s={d['rows_per_s']:.0f} watermark={r.watermark}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Copy new rows from the line databases to the cloud database (by PackCode)."
+    )
+    parser.add_argument(
+        "--config", type=Path, required=True, help="TOML file (see sync.example.toml)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="count what would be copied; write nothing"
+    )
+    parser.add_argument(
+        "--verify", action="store_true", help="compare source and target; copy nothing"
+    )
+    parser.add_argument("--init-target", action="store_true",
+                        help="create bookkeeping tables and missing target tables, then sync")  # fmt: skip
+    parser.add_argument(
+        "--source", action="append", metavar="NAME", help="only this source (repeatable)"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verify and (args.dry_run or args.init_target):
+        parser.error("--verify cannot be combined with --dry-run or --init-target")
+
+    def log(msg: str) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+    try:
+        cfg = load_config(args.config)
+        sources = cfg.sources
+        if args.source:
+            unknown = set(args.source) - {s.name for s in cfg.sources}
+            if unknown:
+                raise ConfigError(f"--source: unknown source(s) {sorted(unknown)}")
+            sources = [s for s in cfg.sources if s.name in args.source]
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    started = time.time()
+    init_statements: list[str] = []
+    if args.init_target:
+        try:
+            init_statements = init_target(cfg, sources, args.dry_run, log)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except pymysql.err.MySQLError as exc:
+            print(f"error: --init-target failed on the target: {exc}", file=sys.stderr)
+            return EXIT_SOURCE_FAILED
+        if args.dry_run and not args.json:
+            for stmt in init_statements:
+                print(stmt + ";")
+
+    results = [sync_source(cfg, s, args, log) for s in sources]
+    if any(r.status == "config_error" for r in results):
+        code = EXIT_USAGE
+    elif any(r.status == "failed" for r in results):
+        code = EXIT_SOURCE_FAILED
+    elif args.verify and any(v["missing"] or v["different"] for r in results for v in r.verify):
+        code = EXIT_SOURCE_FAILED
+    else:
+        code = EXIT_OK
+
+    if args.json:
+        doc = {
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "seconds": round(time.time() - started, 3),
+            "mode": "verify" if args.verify else ("dry-run" if args.dry_run else "sync"),
+            "exit_code": code,
+            "init_statements": init_statements,
+            "sources": [
+                {"source": r.source, "status": r.status, "attempts": r.attempts, "error": r.error,
+                 "tables": [t.as_dict() for t in r.tables], "verify": r.verify}
+                for r in results
+            ],
+        }  # fmt: skip
+        print(json.dumps(doc, ensure_ascii=False, indent=1))
+    else:
+        for r in results:
+            for t in r.tables:
+                print(summary_line(t))
+            for v in r.verify:
+                print(
+                    f"verify {v['source']} {v['table']}->{v['target_table']}: "
+                    f"checked={v['checked']} chunks={v['chunks']} "
+                    f"chunks_differing={v['chunks_differing']} missing={len(v['missing'])} "
+                    f"different={len(v['different'])} explained={v['explained']}"
+                    + (f" ({v['note']})" if v.get("note") else "")
+                )
+                for kind in ("missing", "different"):
+                    for key in v[kind][:50]:
+                        print(f"  {kind} {key}")
+                    if len(v[kind]) > 50:
+                        print(f"  ... {len(v[kind]) - 50} more {kind} (see --json)")
+            if r.status != "ok":
+                print(f"{r.source}: {r.status.upper()} after {r.attempts} attempt(s): {r.error}")
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
