@@ -1,0 +1,232 @@
+"""gan_1d_normal.py: preprocessing maths, distances to the target, losses, the optimizer, and
+smoke runs of the script (single mode, --mode all, --resume)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import run_script
+from scipy import stats
+
+import gan_1d_normal as g
+
+
+@pytest.mark.parametrize("mode", g.MODES)
+def test_preprocess_shapes_batched(mode):
+    x = torch.randn(3, 7, 40)
+    out = g.PREPROCESS[mode](x)
+    assert out.shape == (3, 7, g.d_input_size(mode, 40))
+    # batching along leading axes gives the same as one minibatch at a time
+    torch.testing.assert_close(out[1, 2], g.PREPROCESS[mode](x[1, 2]))
+
+
+def test_moments_exact_on_known_arrays():
+    # +-1 equally often: mean 0, std 1, skewness 0, kurtosis 1 -> excess -2
+    x = torch.tensor([-1.0, 1.0, -1.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(
+        g.preprocess_moments(x), torch.tensor([0.0, 1.0, 0.0, -2.0], dtype=torch.float64)
+    )
+    # an asymmetric array against scipy's population (biased) estimators
+    y = np.array([1.0, 2.0, 3.0, 4.0, 10.0])
+    ref = [y.mean(), y.std(), stats.skew(y), stats.kurtosis(y)]
+    got = g.preprocess_moments(torch.tensor(y)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    assert g.describe(y) == pytest.approx(
+        dict(zip(["mean", "std", "skewness", "excess_kurtosis"], ref, strict=True))
+    )
+
+
+def test_diffs_variances_quantiles_exact():
+    x = torch.tensor([3.0, 1.0, 2.0, 6.0])  # mean 3
+    torch.testing.assert_close(
+        g.preprocess_diffs(x), torch.tensor([3.0, 1.0, 2.0, 6.0, 0.0, -2.0, -1.0, 3.0])
+    )
+    torch.testing.assert_close(
+        g.preprocess_variances(x), torch.tensor([3.0, 1.0, 2.0, 6.0, 0.0, 4.0, 1.0, 9.0])
+    )
+    torch.testing.assert_close(g.preprocess_quantiles(x), torch.tensor([1.0, 2.0, 3.0, 6.0]))
+    torch.testing.assert_close(g.preprocess_raw(x), x)
+
+
+def test_preprocessing_passes_gradient_through_batch_mean():
+    # d/dx_j of sum_i (x_i - mean) is 0: only true if the mean is not detached (the notes'
+    # version detaches it and gets 1 instead).
+    x = torch.tensor([1.0, 2.0, 4.0], requires_grad=True)
+    (grad,) = torch.autograd.grad(g.preprocess_diffs(x)[3:].sum(), x)
+    torch.testing.assert_close(grad, torch.zeros(3))
+    # sorting routes each gradient back to its own sample
+    (grad,) = torch.autograd.grad(
+        (g.preprocess_quantiles(x) * torch.tensor([1.0, 10.0, 100.0])).sum(), x
+    )
+    torch.testing.assert_close(grad, torch.tensor([1.0, 10.0, 100.0]))
+
+
+def test_w1_point_mass_is_mean_absolute_deviation():
+    # W1(delta_mu, N(mu, s)) = E|X - mu| = s * sqrt(2 / pi)
+    for mean, std in ((4.0, 1.25), (0.0, 1.0)):
+        assert g.wasserstein1_to_normal(np.array([mean]), mean, std) == pytest.approx(
+            std * math.sqrt(2 / math.pi), rel=1e-12
+        )
+    # a point mass off-centre: E|X - c| for X ~ N(0, 1), c = 1.5
+    c = 1.5
+    expected = c * (2 * stats.norm.cdf(c) - 1) + 2 * stats.norm.pdf(c)
+    assert g.wasserstein1_to_normal(np.array([c]), 0.0, 1.0) == pytest.approx(expected, rel=1e-12)
+
+
+def test_w1_matches_numeric_integral_and_shift():
+    rng = np.random.default_rng(0)
+    x = rng.normal(4.3, 1.0, size=300)
+    grid = np.linspace(-6, 14, 400_001)
+    ecdf = np.searchsorted(np.sort(x), grid, side="right") / len(x)
+    numeric = np.trapezoid(np.abs(ecdf - stats.norm.cdf(grid, 4.0, 1.25)), grid)
+    assert g.wasserstein1_to_normal(x, 4.0, 1.25) == pytest.approx(numeric, abs=1e-4)
+    # the target's own quantiles shifted by 0.2 are at W1 distance ~0.2
+    p = (np.arange(20_000) + 0.5) / 20_000
+    shifted = 4.2 + 1.25 * stats.norm.ppf(p)
+    assert g.wasserstein1_to_normal(shifted, 4.0, 1.25) == pytest.approx(0.2, abs=2e-3)
+
+
+def test_ks_statistic():
+    assert g.ks_to_normal(np.full(10, 4.0), 4.0, 1.25) == pytest.approx(0.5)
+    p = (np.arange(1000) + 0.5) / 1000
+    assert g.ks_to_normal(4.0 + 1.25 * stats.norm.ppf(p), 4.0, 1.25) == pytest.approx(
+        0.0005, abs=1e-9
+    )
+
+
+def test_losses_match_bce():
+    real, fake = torch.tensor([2.0, -1.0, 0.3]), torch.tensor([-0.5, 3.0, 0.0])
+    d_real_err, d_fake_err = g.d_loss_terms(real, fake)
+    bce = F.binary_cross_entropy
+    torch.testing.assert_close(
+        d_real_err, bce(torch.sigmoid(real), torch.ones(3), reduction="none")
+    )
+    torch.testing.assert_close(
+        d_fake_err, bce(torch.sigmoid(fake), torch.zeros(3), reduction="none")
+    )
+    torch.testing.assert_close(g.g_loss_nonsaturating(fake), -torch.log(torch.sigmoid(fake)))
+    # finite where sigmoid saturates in float32 (log(0) in the naive form)
+    assert torch.isfinite(g.g_loss_nonsaturating(torch.tensor([-200.0]))).all()
+
+
+def test_momentum_sgd_equals_torch_sgd():
+    torch.manual_seed(0)
+    net_a = torch.nn.Linear(3, 2)
+    net_b = torch.nn.Linear(3, 2)
+    net_b.load_state_dict(net_a.state_dict())
+    ours = g.MomentumSGD(net_a.parameters(), lr=0.05, momentum=0.9)
+    ref = torch.optim.SGD(net_b.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(5):
+        x = torch.randn(4, 3)
+        ours.step(torch.autograd.grad(net_a(x).pow(2).sum(), list(net_a.parameters())))
+        ref.zero_grad()
+        net_b(x).pow(2).sum().backward()
+        ref.step()
+    for pa, pb in zip(net_a.parameters(), net_b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)
+    state = ours.state_dict()
+    fresh = g.MomentumSGD(net_a.parameters(), lr=1.0, momentum=0.0)
+    fresh.load_state_dict(state)
+    assert fresh.lr == 0.05 and fresh.momentum == 0.9
+    torch.testing.assert_close(fresh.buffers, ours.buffers)
+
+
+def test_train_epoch_is_deterministic_and_moves_both_nets():
+    args = g.parse_args(
+        ["--batch-size", "32", "--d-steps", "3", "--g-steps", "2", "--mode", "quantiles"]
+    )
+    results = []
+    for _ in range(2):
+        g.seed_everything(1)
+        G, D = g.Generator(), g.Discriminator(32)
+        before = [p.clone() for p in (*G.parameters(), *D.parameters())]
+        opt_d, opt_g = g.make_optimizers(G, D, args)
+        out = g.train_epoch(G, D, opt_d, opt_g, g.preprocess_quantiles, args, torch.device("cpu"))
+        after = list(G.parameters()) + list(D.parameters())
+        assert all(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+        assert out["fake"].shape == (32,) and out["real"].shape == (32,)
+        results.append(torch.cat([p.detach().flatten() for p in after]))
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--epochs", "0"],
+        ["--std", "-1"],
+        ["--batch-size", "2"],
+        ["--mode", "all", "--resume", "x.pt"],
+        ["--mode", "bogus"],
+    ],
+)
+def test_bad_flags_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        g.parse_args(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+SMALL = [
+    "--batch-size",
+    "40",
+    "--d-steps",
+    "2",
+    "--g-steps",
+    "2",
+    "--eval-samples",
+    "400",
+    "--print-every",
+    "2",
+    "--snapshots",
+    "3",
+    "--checkpoint-every",
+    "3",
+]
+
+
+def test_smoke_single_mode_and_resume(tmp_path, capsys):
+    run_script("gan_1d_normal.py", "--epochs", "4", *SMALL, "--out", tmp_path, "--run-name", "r")
+    run_dir = tmp_path / "gan_1d_normal" / "r"
+    for name in (
+        "config.json",
+        "metrics.json",
+        "log.jsonl",
+        "checkpoint.pt",
+        "samples.npy",
+        "histograms.png",
+        "moments.png",
+        "input_distribution.png",
+    ):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("mean", "std", "skewness", "excess_kurtosis", "ks", "w1"):
+        assert math.isfinite(metrics[key])
+    assert np.load(run_dir / "samples.npy").shape == (400,)
+    assert json.loads((run_dir / "config.json").read_text())["d_input_size"] == 4
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["epoch"] == 4
+
+    # resume in-process (same code path as the CLI, without a second interpreter start-up)
+    g.main(["--epochs", "7", *SMALL, "--resume", str(run_dir / "checkpoint.pt")])
+    assert "resumed" in capsys.readouterr().out
+    epochs = [
+        json.loads(line)["epoch"] for line in (run_dir / "log.jsonl").read_text().splitlines()
+    ]
+    assert epochs == [0, 2, 3, 4, 6]  # first run 0, 2, 3 (last); resumed run 4, 6 (last)
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_this_run"] == 3
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["epoch"] == 7
+
+
+def test_smoke_mode_all_writes_comparison(tmp_path):
+    g.main(["--mode", "all", "--epochs", "2", *SMALL, "--out", str(tmp_path), "--run-name", "a"])
+    run_dir = tmp_path / "gan_1d_normal" / "a"
+    comparison = json.loads((run_dir / "comparison.json").read_text())
+    assert list(comparison) == list(g.MODES)
+    assert (run_dir / "comparison.png").is_file()
+    for mode in g.MODES:
+        assert json.loads((run_dir / mode / "config.json").read_text())["mode"] == mode
+        assert (run_dir / mode / "samples.npy").is_file()
