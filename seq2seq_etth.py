@@ -1,16 +1,47 @@
 """Seq2seq forecasting of ETT (Electricity Transformer Temperature) with an LSTM encoder and an
 attention LSTM decoder, on the standard Informer/Autoformer benchmark protocol.
 
-Work in progress: this commit holds the shared ETT data API (loading, benchmark split,
-train-only scaler, time features, sliding windows) that autoformer_decomp.py imports.
+The model (from the source notes, fixed): a 2-layer LSTM encoder reads the input window; an
+attention decoder cell scores every encoder step from [previous hidden state, previous output]
+(Bahdanau et al., "Neural Machine Translation by Jointly Learning to Align and Translate", ICLR
+2015, Sec. 3.1, in the location-based form of the PyTorch seq2seq tutorial), an LSTMCell carries
+hidden AND cell state across the horizon, and a linear head emits one step at a time, fed back
+as the next input (teacher forcing with probability 0.3 during training only).
 
-Data: Zhou et al., "Informer: Beyond Efficient Transformer for Long Sequence Time-Series
-Forecasting", AAAI 2021 (the ETT dataset and its 12/4/4-month split).
+Data and protocol: Zhou et al., "Informer: Beyond Efficient Transformer for Long Sequence
+Time-Series Forecasting", AAAI 2021 (the ETT dataset; 12/4/4-month train/val/test split; scaler
+fitted on train; MSE/MAE on the normalised scale over every test window, horizon step and
+channel). `--instance-norm` subtracts each window's last value (or mean) and adds it back, the
+trick of NLinear (Zeng et al., "Are Transformers Effective for Time Series Forecasting?", AAAI
+2023) and RevIN (Kim et al., ICLR 2022) against the train/test distribution shift.
+
+Full run (ETTh1, 7 -> 7 channels, input 96, horizon 96):
+    python seq2seq_etth.py
+    python seq2seq_etth.py --instance-norm            # per-window normalisation
+    python seq2seq_etth.py --features S --horizon 24  # univariate OT
+Quick run (seconds):
+    python seq2seq_etth.py --epochs 1 --max-train-batches 20 --horizon 24
+Re-score / forecast from a checkpoint:
+    python seq2seq_etth.py --eval-only --checkpoint outputs/seq2seq_etth/RUN/checkpoint.pt
+    python seq2seq_etth.py --predict-only --checkpoint outputs/seq2seq_etth/RUN/checkpoint.pt
+
+Writes outputs/seq2seq_etth/<run-name>/: config.json, log.jsonl, metrics.json (mse, mae,
+target-column mse/mae in original units, per-step MAE, persistence baseline), pred.npy and
+true.npy (test windows x horizon x channels, normalised), checkpoint.pt, loss_curves.png,
+test_target.png, inspect_fit.png, forecast.csv/forecast.png (the `horizon` steps after the end
+of the file), rolling_forecast.csv/rolling_forecast.png.
+
+The ETT data API below (load_ett, make_windows, ...) is shared: autoformer_decomp.py imports it.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import random
+import sys
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +49,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
 
 # ----------------------------------------------------------------------------------------------
 # Data: the shared ETT API (autoformer_decomp.py imports these names; add, never change)
@@ -294,3 +328,788 @@ def make_windows(
         windows(marks, 0, seq_len),
         windows(marks, y_start, y_len),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="LSTM encoder + attention LSTM decoder forecasting ETT (standard protocol)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    # common flags
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--out", default="outputs")
+    p.add_argument("--run-name", default=time.strftime("%Y%m%d-%H%M%S"))
+    p.add_argument("--resume", default=None, help="checkpoint.pt to continue training from")
+    p.add_argument("--epochs", type=int, default=20, help="max epochs (early stopping on val)")
+    # data
+    p.add_argument("--data", default="ETTh1", help=f"one of {', '.join(ETT_NAMES)} or a CSV path")
+    p.add_argument(
+        "--features",
+        default="M",
+        choices=["M", "S", "MS"],
+        help="M: all -> all, S: target -> target, MS: all -> target",
+    )
+    p.add_argument("--target", default="OT")
+    p.add_argument(
+        "--split",
+        default="standard",
+        choices=["standard", "notes"],
+        help="standard: Informer 12/4/4 months; notes: 70/15/15 (not the benchmark)",
+    )
+    p.add_argument("--window", type=int, default=96, help="input length L (the notes used 64)")
+    p.add_argument("--horizon", type=int, default=96, help="forecast length H (notes: 24)")
+    # model
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--dropout", type=float, default=0.05, help="between encoder LSTM layers")
+    p.add_argument(
+        "--teacher-forcing",
+        type=float,
+        default=0.3,
+        help="probability per decoder step of feeding the true previous value (train only)",
+    )
+    p.add_argument(
+        "--instance-norm",
+        nargs="?",
+        const="last",
+        default=None,
+        choices=["last", "mean"],
+        help="subtract each input window's last value (or mean), add it back after",
+    )
+    p.add_argument(
+        "--time-features",
+        action="store_true",
+        help="also feed the timeF calendar features (encoder: input rows, decoder: "
+        "the step being predicted)",
+    )
+    # optimisation
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--lr-decay",
+        type=float,
+        default=0.5,
+        help="multiply the LR by this after every epoch (Informer's schedule)",
+    )
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
+    p.add_argument("--patience", type=int, default=3, help="early-stopping patience (epochs)")
+    p.add_argument(
+        "--max-train-batches",
+        type=int,
+        default=0,
+        help="cap batches per epoch (0 = all), for seconds-long smoke runs",
+    )
+    p.add_argument("--eval-batch-size", type=int, default=512)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0 = torch's default, the physical cores); 1 is "
+        "faster when other jobs share the cores",
+    )
+    p.add_argument("--log-every", type=int, default=50, help="batches between plain progress lines")
+    # modes
+    p.add_argument("--eval-only", action="store_true", help="re-score --checkpoint on the test set")
+    p.add_argument(
+        "--predict-only",
+        action="store_true",
+        help="forecast past the end of the file (and rolling) from --checkpoint",
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="checkpoint.pt for --eval-only/--predict-only"
+    )
+    p.add_argument(
+        "--rolling-data",
+        default=None,
+        help="CSV continuing --data for the rolling forecast (same columns); default: "
+        "the file's rows after the test period (or the test period itself)",
+    )
+    p.add_argument("--no-plots", action="store_true")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.window < 1 or args.horizon < 1:
+        parser.error("--window and --horizon must be positive")
+    if args.epochs < 0 or args.batch_size < 1 or args.hidden < 1 or args.layers < 1:
+        parser.error("--epochs >= 0, --batch-size, --hidden and --layers >= 1")
+    if not 0.0 <= args.teacher_forcing <= 1.0:
+        parser.error("--teacher-forcing is a probability in [0, 1]")
+    if not 0.0 < args.lr_decay <= 1.0:
+        parser.error("--lr-decay must be in (0, 1]")
+    if args.eval_only and args.predict_only:
+        parser.error("--eval-only and --predict-only are exclusive")
+    if (args.eval_only or args.predict_only) and not args.checkpoint:
+        parser.error("--eval-only/--predict-only need --checkpoint PATH")
+    if args.checkpoint and not (args.eval_only or args.predict_only):
+        parser.error(
+            "--checkpoint goes with --eval-only or --predict-only (use --resume to train on)"
+        )
+    if args.resume and (args.eval_only or args.predict_only):
+        parser.error("--resume continues training; it cannot go with --eval-only/--predict-only")
+    if args.data not in ETT_NAMES and not args.data.lower().endswith(".csv"):
+        parser.error(f"--data takes one of {', '.join(ETT_NAMES)} or a path ending in .csv")
+    return args
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda requested but CUDA is not available")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------
+
+
+class AttentionDecoderCell(nn.Module):
+    """One decoder step. Attention weights over the L encoder outputs come from [previous
+    hidden, previous output] (Bahdanau et al. 2015, Sec. 3.1, eq. 6, with a fixed-length
+    location score as in the notes); the LSTMCell reads [context, previous output (+ the step's
+    time features)] and carries (h, c) - the notes passed (h, h) and threw the cell state away."""
+
+    def __init__(self, window: int, hidden: int, out_dim: int, mark_dim: int = 0) -> None:
+        super().__init__()
+        self.attention = nn.Linear(hidden + out_dim, window)
+        self.cell = nn.LSTMCell(hidden + out_dim + mark_dim, hidden)
+        self.head = nn.Linear(hidden, out_dim)
+
+    def forward(
+        self,
+        encoder_out: torch.Tensor,  # [B, L, H]
+        state: tuple[torch.Tensor, torch.Tensor],  # (h, c), each [B, H]
+        y_prev: torch.Tensor,  # [B, out_dim]
+        mark: torch.Tensor | None = None,  # [B, F] time features of the step being predicted
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        h, c = state
+        scores = self.attention(torch.cat((h, y_prev), dim=1))  # [B, L]
+        weights = torch.softmax(scores, dim=1)  # alpha_tj, eq. 6
+        context = torch.bmm(weights.unsqueeze(1), encoder_out).squeeze(1)  # c_t = sum alpha h_j
+        cell_in = [context, y_prev] if mark is None else [context, y_prev, mark]
+        h, c = self.cell(torch.cat(cell_in, dim=1), (h, c))
+        return self.head(h), (h, c)
+
+
+class Seq2Seq(nn.Module):
+    """LSTM encoder + attention LSTM decoder, rolled out one step at a time over the horizon."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_channels: list[int],
+        window: int,
+        horizon: int,
+        hidden: int = 128,
+        layers: int = 2,
+        dropout: float = 0.05,
+        teacher_forcing: float = 0.3,
+        instance_norm: str | None = None,
+        mark_dim: int = 0,
+    ) -> None:
+        super().__init__()
+        self.out_channels = list(out_channels)
+        self.horizon = horizon
+        self.teacher_forcing = teacher_forcing
+        self.instance_norm = instance_norm
+        self.mark_dim = mark_dim
+        self.register_buffer("out_index", torch.tensor(self.out_channels), persistent=False)
+        self.encoder = nn.LSTM(
+            in_dim + mark_dim,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            dropout=dropout if layers > 1 else 0.0,
+        )
+        self.decoder = AttentionDecoderCell(window, hidden, len(self.out_channels), mark_dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, L, C]
+        x_mark: torch.Tensor | None = None,  # [B, L, F]
+        y_mark: torch.Tensor | None = None,  # [B, H, F] (future calendar, known in advance)
+        target: torch.Tensor | None = None,  # [B, H, out] teacher-forcing values (train only)
+    ) -> torch.Tensor:
+        """Returns [B, H, len(out_channels)] on the input's (global-normalised) scale."""
+        level = None
+        if self.instance_norm == "last":
+            level = x[:, -1:, :]
+        elif self.instance_norm == "mean":
+            level = x.mean(dim=1, keepdim=True)
+        if level is not None:
+            x = x - level
+            out_level = level.index_select(2, self.out_index)  # [B, 1, out]
+            if target is not None:
+                target = target - out_level
+        enc_in = x if not self.mark_dim else torch.cat((x, x_mark), dim=2)
+        encoder_out, (h_n, c_n) = self.encoder(enc_in)
+        state = (h_n[-1], c_n[-1])  # the top layer's final (h, c) seeds the decoder
+        y_prev = x[:, -1].index_select(1, self.out_index)
+        # Teacher forcing only in training mode and only with targets: eval never sees the truth.
+        use_truth = self.training and target is not None and self.teacher_forcing > 0
+        if use_truth:
+            coins = (torch.rand(self.horizon) < self.teacher_forcing).tolist()
+        outputs = []
+        for t in range(self.horizon):
+            if use_truth and t > 0 and coins[t]:
+                # The TRUE previous value y_{t-1}; the notes fed y_t, the very step to predict.
+                y_prev = target[:, t - 1]
+            mark = y_mark[:, t] if self.mark_dim else None
+            y_prev, state = self.decoder(encoder_out, state, y_prev, mark)
+            outputs.append(y_prev)
+        pred = torch.stack(outputs, dim=1)
+        return pred if level is None else pred + out_level
+
+
+def persistence_forecast(x: torch.Tensor, horizon: int, out_channels: list[int]) -> torch.Tensor:
+    """Repeat the last observed value over the horizon: [B, L, C] -> [B, H, out]."""
+    return x[:, -1:, out_channels].expand(-1, horizon, -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training and evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Windows:
+    """One split's windows held as contiguous tensors on the training device."""
+
+    x: torch.Tensor  # [N, L, C]
+    y: torch.Tensor  # [N, H, out]
+    x_mark: torch.Tensor  # [N, L, F]
+    y_mark: torch.Tensor  # [N, H, F]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, ...]:
+        return self.x[index], self.y[index], self.x_mark[index], self.y_mark[index]
+
+
+def build_windows(split: Split, data: ETTData, window: int, horizon: int, device) -> Windows:
+    x, y, x_mark, y_mark = make_windows(split, window, 0, horizon)
+    y = y[:, :, data.out_channels]
+    return Windows(*(t.contiguous().to(device) for t in (x, y, x_mark, y_mark)))
+
+
+@torch.no_grad()
+def predict_windows(model: Seq2Seq, windows: Windows, batch_size: int) -> torch.Tensor:
+    model.eval()
+    preds = []
+    for start in range(0, len(windows), batch_size):
+        x, _, x_mark, y_mark = windows.batch(slice(start, start + batch_size))
+        preds.append(model(x, x_mark, y_mark))
+    return torch.cat(preds).cpu()
+
+
+def error_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    err = pred.astype(np.float64) - true.astype(np.float64)
+    return {"mse": float(np.mean(err**2)), "mae": float(np.mean(np.abs(err)))}
+
+
+def score(pred: np.ndarray, true: np.ndarray, data: ETTData) -> dict:
+    """The literature's metrics (normalised scale, all windows x steps x channels), plus the
+    target column in original units and the per-step MAE."""
+    out = error_metrics(pred, true)
+    if data.target_channel in data.out_channels:
+        k = data.out_channels.index(data.target_channel)
+        std = float(data.scaler.std[data.target_channel])
+        tgt = error_metrics(pred[..., k], true[..., k])
+        # Original units: the scaler is affine, so errors scale by std (the mean cancels).
+        out["target_mse_orig"] = tgt["mse"] * std**2
+        out["target_mae_orig"] = tgt["mae"] * std
+        out["target_mse"] = tgt["mse"]
+        out["target_mae"] = tgt["mae"]
+    out["mae_per_step"] = np.mean(np.abs(pred - true), axis=(0, 2)).astype(float).tolist()
+    return out
+
+
+def train_one_epoch(model, optimizer, train: Windows, args, epoch: int, generator) -> float:
+    model.train()
+    order = torch.randperm(len(train), generator=generator).to(train.x.device)
+    n_batches = (len(train) + args.batch_size - 1) // args.batch_size
+    if args.max_train_batches:
+        n_batches = min(n_batches, args.max_train_batches)
+    total, seen = 0.0, 0
+    tty = sys.stderr.isatty()
+    bar = tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not tty, leave=False)
+    for b in bar:
+        x, y, x_mark, y_mark = train.batch(order[b * args.batch_size : (b + 1) * args.batch_size])
+        pred = model(x, x_mark, y_mark, target=y)
+        loss = F.mse_loss(pred, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+        total += loss.item() * len(x)
+        seen += len(x)
+        if tty:
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        elif (b + 1) % args.log_every == 0:
+            print(
+                f"epoch {epoch} batch {b + 1}/{n_batches} train_loss {total / seen:.4f}", flush=True
+            )
+    return total / max(seen, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots and forecasts
+# ----------------------------------------------------------------------------------------------
+
+
+def to_original(values: np.ndarray, data: ETTData, channel: int) -> np.ndarray:
+    """Normalised values of one loaded channel -> original units."""
+    return values * data.scaler.std[channel] + data.scaler.mean[channel]
+
+
+def plot_loss_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train MSE (teacher forcing)")
+    ax.plot(epochs, [h["val_mse"] for h in history], "s-", label="validation MSE")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE (normalised)")
+    ax.set_title("seq2seq_etth loss curves")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_windows(
+    pred, true, data: ETTData, split: Split, window: int, title: str, path: Path, n_full: int = 3
+) -> None:
+    """Target column in original units: the first forecast step of every window against the
+    truth (top), and a few whole windows (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = data.out_channels.index(data.target_channel)
+    ch = data.target_channel
+    first_dates = split.dates[window : window + len(pred)]
+    fig, axes = plt.subplots(2, 1, figsize=(12, 7))
+    axes[0].plot(first_dates, to_original(true[:, 0, k], data, ch), lw=0.8, label="true")
+    axes[0].plot(
+        first_dates, to_original(pred[:, 0, k], data, ch), lw=0.8, label="predicted (step 1)"
+    )
+    axes[0].set_title(f"{title}: {data.target}, first forecast step of every window")
+    axes[0].legend()
+    horizon = pred.shape[1]
+    picks = np.linspace(0, len(pred) - 1, n_full).astype(int)
+    for j, i in enumerate(picks):
+        hist = split.values[i : i + window, ch]
+        t_hist = np.arange(i, i + window)
+        t_fut = np.arange(i + window, i + window + horizon)
+        color = f"C{j}"
+        axes[1].plot(t_hist, to_original(hist, data, ch), color=color, lw=0.8, alpha=0.5)
+        axes[1].plot(t_fut, to_original(true[i, :, k], data, ch), color=color, lw=1.0)
+        axes[1].plot(t_fut, to_original(pred[i, :, k], data, ch), color=color, lw=1.5, ls="--")
+    axes[1].set_title(
+        f"{len(picks)} whole windows: input (faint), truth (solid), forecast (dashed)"
+    )
+    axes[1].set_xlabel("row in split")
+    for ax in axes:
+        ax.set_ylabel(data.target)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def forecast_from_rows(
+    model: Seq2Seq,
+    rows: np.ndarray,
+    dates: pd.DatetimeIndex,
+    data: ETTData,
+    window: int,
+    horizon: int,
+    device,
+) -> np.ndarray:
+    """Forecast `horizon` steps after each window of original-unit `rows` ([B, L, C]) whose
+    last input dates are `dates` [B]; returns original units [B, H, out]."""
+    model.eval()
+    x = torch.from_numpy(data.scaler.transform(rows).astype(np.float32)).to(device)
+    step = pd.tseries.frequencies.to_offset(data.freq)
+    x_mark = y_mark = None
+    if model.mark_dim:
+        x_marks, y_marks = [], []
+        for end in dates:
+            past = pd.date_range(end=end, periods=window, freq=step)
+            future = pd.date_range(start=end + step, periods=horizon, freq=step)
+            x_marks.append(time_features(past, data.freq))
+            y_marks.append(time_features(future, data.freq))
+        x_mark = torch.from_numpy(np.stack(x_marks)).to(device)
+        y_mark = torch.from_numpy(np.stack(y_marks)).to(device)
+    pred = model(x, x_mark, y_mark).cpu().numpy()
+    mean = data.scaler.mean[data.out_channels]
+    std = data.scaler.std[data.out_channels]
+    return pred * std + mean
+
+
+def forecast_future(model, data: ETTData, args, device, run_dir: Path) -> pd.DataFrame:
+    """Forecast the `horizon` steps after the last row of the file (the notes' 'predict')."""
+    values = numeric_block(data.raw, data.columns, args.data)
+    if len(values) < args.window:
+        raise SystemExit(f"error: the file has fewer than --window={args.window} rows")
+    dates = pd.DatetimeIndex(data.raw["date"])
+    pred = forecast_from_rows(
+        model, values[None, -args.window :], dates[-1:], data, args.window, args.horizon, device
+    )[0]
+    step = pd.tseries.frequencies.to_offset(data.freq)
+    future = pd.date_range(start=dates[-1] + step, periods=args.horizon, freq=step)
+    frame = pd.DataFrame({"date": future})
+    for k, ch in enumerate(data.out_channels):
+        frame[f"forecast_{data.columns[ch]}"] = pred[:, k]
+    frame.to_csv(run_dir / "forecast.csv", index=False)
+    if not args.no_plots:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        k = data.out_channels.index(data.target_channel)
+        fig, ax = plt.subplots(figsize=(11, 4))
+        n_hist = 4 * args.window
+        ax.plot(dates[-n_hist:], values[-n_hist:, data.target_channel], label="history")
+        ax.plot(future, pred[:, k], "o-", ms=2, label=f"forecast ({args.horizon} steps)")
+        ax.axvline(dates[-1], color="red", lw=1)
+        ax.set_title(f"{data.target}: forecast past the end of {Path(str(args.data)).name}")
+        ax.set_ylabel(data.target)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        fig.savefig(run_dir / "forecast.png", dpi=110)
+        plt.close(fig)
+    return frame
+
+
+def rolling_forecast(model, data: ETTData, args, device, run_dir: Path) -> pd.DataFrame:
+    """The notes' rolling predict: forecast `horizon` steps, append the actual values of those
+    steps to the history, forecast again, until the evaluation rows run out. The rows come from
+    --rolling-data (a CSV continuing the file) or else the file's rows after the test period
+    (ETTh1: 3020 rows the benchmark leaves unused), or the test period when nothing follows."""
+    base = numeric_block(data.raw, data.columns, args.data)
+    base_dates = pd.DatetimeIndex(data.raw["date"])
+    if args.rolling_data:
+        extra_raw = read_ett_csv(Path(args.rolling_data))
+        missing = [c for c in data.columns if c not in extra_raw.columns]
+        if missing:
+            raise SystemExit(f"error: {args.rolling_data} lacks columns {missing}")
+        values = np.concatenate([base, numeric_block(extra_raw, data.columns, args.rolling_data)])
+        dates = base_dates.append(pd.DatetimeIndex(extra_raw["date"]))
+        start, source = len(base), str(args.rolling_data)
+    else:
+        values, dates = base, base_dates
+        test_end = data.borders["test"][1]
+        if len(base) - test_end >= args.horizon:
+            start, source = test_end, f"rows {test_end}..{len(base)} after the test period"
+        else:
+            start = data.borders["test"][0] + args.window
+            source = f"the test period (rows {start}..{len(base)})"
+    ends = list(range(start, len(values), args.horizon))  # first row of each forecast block
+    rows = np.stack([values[e - args.window : e] for e in ends])
+    pred = forecast_from_rows(
+        model, rows, dates[[e - 1 for e in ends]], data, args.window, args.horizon, device
+    )
+    pred = pred.reshape(-1, len(data.out_channels))[: len(values) - start]
+    frame = pd.DataFrame({"date": dates[start:]})
+    for j, col in enumerate(data.columns):
+        frame[col] = values[start:, j]
+    for k, ch in enumerate(data.out_channels):
+        frame[f"forecast_{data.columns[ch]}"] = pred[:, k]
+    frame.to_csv(run_dir / "rolling_forecast.csv", index=False)
+    print(f"rolling forecast over {source}: {len(ends)} forecasts of {args.horizon} steps")
+    if not args.no_plots:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(12, 4))
+        n_hist = min(start, 4 * args.window)
+        ax.plot(
+            dates[start - n_hist : start],
+            values[start - n_hist : start, data.target_channel],
+            color="gray",
+            label="past actual",
+        )
+        ax.plot(frame["date"], frame[data.target], label="actual")
+        ax.plot(frame["date"], frame[f"forecast_{data.target}"], label="rolling forecast")
+        ax.axvline(dates[start], color="blue", ls="--")
+        ax.set_title(
+            f"rolling forecast of {data.target}, {args.horizon} steps at a time ({source})"
+        )
+        ax.set_ylabel(data.target)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        fig.savefig(run_dir / "rolling_forecast.png", dpi=110)
+        plt.close(fig)
+    return frame
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------
+
+MODEL_KEYS = (
+    "features",
+    "target",
+    "window",
+    "horizon",
+    "hidden",
+    "layers",
+    "dropout",
+    "teacher_forcing",
+    "instance_norm",
+    "time_features",
+)
+
+
+def build_model(args, data: ETTData) -> Seq2Seq:
+    return Seq2Seq(
+        in_dim=len(data.columns),
+        out_channels=data.out_channels,
+        window=args.window,
+        horizon=args.horizon,
+        hidden=args.hidden,
+        layers=args.layers,
+        dropout=args.dropout,
+        teacher_forcing=args.teacher_forcing,
+        instance_norm=args.instance_norm,
+        mark_dim=data.train.marks.shape[1] if args.time_features else 0,
+    )
+
+
+def evaluate_test(model, data: ETTData, args, device, run_dir: Path) -> dict:
+    test = build_windows(data.test, data, args.window, args.horizon, device)
+    pred = predict_windows(model, test, args.eval_batch_size).numpy()
+    true = test.y.cpu().numpy()
+    np.save(run_dir / "pred.npy", pred)
+    np.save(run_dir / "true.npy", true)
+    metrics = score(pred, true, data)
+    persistence = persistence_forecast(test.x, args.horizon, data.out_channels).cpu().numpy()
+    base = score(persistence, true, data)
+    metrics["persistence"] = {k: v for k, v in base.items() if k != "mae_per_step"}
+    metrics["n_test_windows"] = len(test)
+    print(
+        f"test ({len(test)} windows, H={args.horizon}, {args.features}): "
+        f"MSE {metrics['mse']:.4f} MAE {metrics['mae']:.4f} | persistence MSE "
+        f"{base['mse']:.4f} MAE {base['mae']:.4f}"
+    )
+    if "target_mse_orig" in metrics:
+        print(
+            f"target {data.target} in original units: MSE {metrics['target_mse_orig']:.4f} "
+            f"MAE {metrics['target_mae_orig']:.4f}"
+        )
+    if not args.no_plots and data.target_channel in data.out_channels:
+        plot_windows(pred, true, data, data.test, args.window, "test", run_dir / "test_target.png")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    ckpt = None
+    ckpt_path = args.checkpoint or args.resume
+    if ckpt_path:
+        if not Path(ckpt_path).is_file():
+            raise SystemExit(f"error: checkpoint {ckpt_path} not found")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        # The model's shape comes from the checkpoint, whatever the command line says.
+        for key in MODEL_KEYS:
+            setattr(args, key, ckpt["config"][key])
+    seed_everything(args.seed)
+    if args.split == "notes":
+        print(
+            "NOTE: --split notes is the notes' 70/15/15 split, NOT the benchmark protocol; "
+            "its numbers are not comparable with the literature"
+        )
+    data = load_ett(args.data_root, args.data, args.features, args.target, args.window, args.split)
+    run_dir = Path(args.out) / Path(__file__).stem / args.run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(args, data).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    config = {
+        **vars(args),
+        "device_used": str(device),
+        "columns": data.columns,
+        "out_channels": data.out_channels,
+        "freq": data.freq,
+        "borders": data.borders,
+        "n_params": n_params,
+        "scaler_mean": data.scaler.mean.tolist(),
+        "scaler_std": data.scaler.std.tolist(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    print(
+        f"run folder {run_dir} | device {device} | {data.columns} -> "
+        f"{[data.columns[c] for c in data.out_channels]} | {n_params} parameters"
+    )
+
+    if args.eval_only or args.predict_only:
+        model.load_state_dict(ckpt["best_model"])
+        if args.eval_only:
+            metrics = evaluate_test(model, data, args, device, run_dir)
+            metrics["checkpoint"] = str(args.checkpoint)
+            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        else:
+            forecast_future(model, data, args, device, run_dir)
+            rolling_forecast(model, data, args, device, run_dir)
+        return
+
+    train = build_windows(data.train, data, args.window, args.horizon, device)
+    val = build_windows(data.val, data, args.window, args.horizon, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
+    generator = torch.Generator().manual_seed(args.seed)  # batch order
+    history: list[dict] = []
+    start_epoch, best_val, best_epoch, bad_epochs = 1, float("inf"), 0, 0
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    train_seconds = 0.0
+    log_path = run_dir / "log.jsonl"
+    if ckpt is not None:  # --resume
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        generator.set_state(ckpt["rng"]["generator"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        np.random.set_state(ckpt["rng"]["numpy"])
+        random.setstate(ckpt["rng"]["python"])
+        best_state, best_val = ckpt["best_model"], ckpt["best_val"]
+        best_epoch, bad_epochs = ckpt["best_epoch"], ckpt["bad_epochs"]
+        history, train_seconds = ckpt["history"], ckpt["train_seconds"]
+        start_epoch = ckpt["epoch"] + 1
+        print(f"resumed from {args.resume} at epoch {start_epoch}")
+    print(f"windows: train {len(train)}, val {len(val)}; borders {data.borders}")
+
+    for epoch in range(start_epoch, args.epochs + 1):
+        if bad_epochs >= args.patience:
+            break
+        t0 = time.time()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(model, optimizer, train, args, epoch, generator)
+        scheduler.step()
+        val_pred = predict_windows(model, val, args.eval_batch_size)
+        val_mse = F.mse_loss(val_pred, val.y.cpu()).item()
+        train_seconds += time.time() - t0
+        if val_mse < best_val:
+            best_val, best_epoch, bad_epochs = val_mse, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        record = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": train_loss,
+            "val_mse": val_mse,
+            "best_val": best_val,
+            "seconds": time.time() - t0,
+        }
+        history.append(record)
+        with log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(
+            f"epoch {epoch}/{args.epochs} train {train_loss:.4f} val {val_mse:.4f} "
+            f"(best {best_val:.4f} @ {best_epoch}) lr {lr:.2e} {record['seconds']:.1f}s",
+            flush=True,
+        )
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "best_model": best_state,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "best_val": best_val,
+                "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs,
+                "history": history,
+                "train_seconds": train_seconds,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                    "generator": generator.get_state(),
+                },
+                "config": {k: getattr(args, k) for k in MODEL_KEYS},
+            },
+            run_dir / "checkpoint.pt",
+        )
+        if bad_epochs >= args.patience:
+            print(f"early stop: no validation improvement for {args.patience} epochs")
+
+    # Early stopping restores the best validation weights before testing.
+    model.load_state_dict(best_state)
+    metrics = evaluate_test(model, data, args, device, run_dir)
+    metrics.update(
+        best_epoch=best_epoch,
+        best_val_mse=best_val,
+        epochs_run=len(history),
+        train_seconds=train_seconds,
+        split=args.split,
+    )
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if not args.no_plots:
+        if history:
+            plot_loss_curves(history, run_dir / "loss_curves.png")
+        if data.target_channel in data.out_channels:
+            train_pred = predict_windows(model, train, args.eval_batch_size).numpy()
+            plot_windows(
+                train_pred,
+                train.y.cpu().numpy(),
+                data,
+                data.train,
+                args.window,
+                "inspect fit (training data)",
+                run_dir / "inspect_fit.png",
+            )
+    forecast_future(model, data, args, device, run_dir)
+    rolling_forecast(model, data, args, device, run_dir)
+    print(f"done: {run_dir} (train {train_seconds:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,7 @@ windows, error messages), the model, the persistence baseline and a smoke run.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,238 @@ def test_real_etth1_split(real_ett_root: Path) -> None:
     assert data.test.dates[96] == pd.Timestamp("2017-10-24 00:00:00")  # first scored test row
     x, _, _, _ = s2s.make_windows(data.test, 96, 0, 96)
     assert len(x) == 2785
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, baseline, metrics
+# ----------------------------------------------------------------------------------------------
+
+
+def _model(out_channels, in_dim=7, **kwargs) -> s2s.Seq2Seq:
+    torch.manual_seed(0)
+    defaults = dict(window=12, horizon=5, hidden=16, layers=2, dropout=0.0)
+    return s2s.Seq2Seq(in_dim, out_channels, **{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "in_dim, out_channels", [(7, list(range(7))), (1, [0]), (7, [6])], ids=["M", "S", "MS"]
+)
+def test_model_output_shapes(in_dim: int, out_channels: list[int]) -> None:
+    model = _model(out_channels, in_dim)
+    x = torch.randn(3, 12, in_dim)
+    assert model(x).shape == (3, 5, len(out_channels))
+    model.train()
+    out = model(x, target=torch.randn(3, 5, len(out_channels)))
+    assert out.shape == (3, 5, len(out_channels))
+    marked = _model(out_channels, in_dim, mark_dim=4)
+    assert marked(x, torch.randn(3, 12, 4), torch.randn(3, 5, 4)).shape == (3, 5, len(out_channels))
+
+
+def test_no_teacher_forcing_in_eval_mode() -> None:
+    model = _model(list(range(7)), teacher_forcing=1.0)
+    x = torch.randn(4, 12, 7)
+    target = torch.randn(4, 5, 7)
+    model.eval()
+    with torch.no_grad():
+        free_run = model(x)
+        np.testing.assert_array_equal(model(x, target=target).numpy(), free_run.numpy())
+    model.train()  # dropout is 0, so train mode differs only by teacher forcing
+    with torch.no_grad():
+        forced = model(x, target=target)
+    np.testing.assert_array_equal(forced[:, 0].numpy(), free_run[:, 0].numpy())
+    assert not torch.allclose(forced[:, 1:], free_run[:, 1:])
+
+
+def test_teacher_forcing_feeds_previous_true_value_not_current() -> None:
+    model = _model(list(range(7)), teacher_forcing=1.0).train()
+    x = torch.randn(2, 12, 7)
+    target = torch.randn(2, 5, 7)
+    with torch.no_grad():
+        base = model(x, target=target)
+        changed = target.clone()
+        changed[:, 2] += 10.0  # the truth at step 2 may only influence steps 3, 4
+        moved = model(x, target=changed)
+    np.testing.assert_allclose(moved[:, :3].numpy(), base[:, :3].numpy(), atol=1e-6)
+    assert not torch.allclose(moved[:, 3], base[:, 3])
+
+
+@pytest.mark.parametrize("mode", ["last", "mean"])
+def test_instance_norm_is_shift_equivariant(mode: str) -> None:
+    model = _model([6], instance_norm=mode).eval()
+    x = torch.randn(3, 12, 7)
+    shift = torch.randn(3, 1, 7) * 5
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            model(x + shift).numpy(), (model(x) + shift[:, :, 6:]).numpy(), atol=1e-4
+        )
+        plain = _model([6]).eval()
+        assert not torch.allclose(plain(x + shift), plain(x) + shift[:, :, 6:], atol=1e-2)
+
+
+def test_persistence_baseline_on_hand_made_series() -> None:
+    series = np.arange(20, dtype=np.float32)[:, None] * np.array([[1.0, -2.0]], dtype=np.float32)
+    split = s2s.Split(
+        series, np.zeros((20, 4), np.float32), pd.date_range("2020", periods=20, freq="h"), 0
+    )
+    x, y, _, _ = s2s.make_windows(split, 4, 0, 3)
+    pred = s2s.persistence_forecast(x, 3, [0, 1])
+    assert pred.shape == (14, 3, 2)
+    np.testing.assert_array_equal(pred[0].numpy(), [[3, -6]] * 3)  # last input row is t=3
+    # y_t - y_last = step (1, 2, 3) for channel 0 and -2 * step for channel 1.
+    err = (pred - y).numpy()
+    mse = np.mean(err**2)
+    np.testing.assert_allclose(mse, np.mean([1, 4, 9, 4, 16, 36]), rtol=1e-6)
+    np.testing.assert_array_equal(s2s.persistence_forecast(x, 3, [1])[5, :, 0].numpy(), [-16] * 3)
+
+
+def test_score_original_units(tiny_ett_root: Path) -> None:
+    data = s2s.load_ett(tiny_ett_root, "ETTh1", "M", seq_len=96)
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(10, 4, 7))
+    pred = true + rng.normal(size=(10, 4, 7))
+    metrics = s2s.score(pred, true, data)
+    std = data.scaler.std[6]
+    orig_err = (
+        data.scaler.inverse_transform(pred)[..., 6] - data.scaler.inverse_transform(true)[..., 6]
+    )
+    np.testing.assert_allclose(metrics["target_mse_orig"], np.mean(orig_err**2), rtol=1e-9)
+    np.testing.assert_allclose(metrics["target_mae_orig"], np.mean(np.abs(orig_err)), rtol=1e-9)
+    np.testing.assert_allclose(metrics["mse"], np.mean((pred - true) ** 2))
+    assert len(metrics["mae_per_step"]) == 4 and std > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--eval-only"],
+        ["--eval-only", "--predict-only", "--checkpoint", "x.pt"],
+        ["--checkpoint", "x.pt"],
+        ["--teacher-forcing", "1.5"],
+        ["--horizon", "0"],
+        ["--data", "not_a_csv"],
+    ],
+)
+def test_impossible_flags_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        s2s.parse_args(argv)
+    assert info.value.code == 2
+
+
+SMOKE = [
+    "--epochs",
+    "2",
+    "--max-train-batches",
+    "3",
+    "--window",
+    "24",
+    "--horizon",
+    "8",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "16",
+    "--seed",
+    "1",
+    "--threads",
+    "1",
+]
+
+
+def test_smoke_run_eval_only_predict_only_and_resume(tiny_ett_root: Path, tmp_path: Path) -> None:
+    from conftest import run_script
+
+    common = ["--data-root", tiny_ett_root, "--out", tmp_path]
+    proc = run_script("seq2seq_etth.py", *SMOKE, *common, "--run-name", "a", "--instance-norm")
+    run = tmp_path / "seq2seq_etth" / "a"
+    assert "persistence MSE" in proc.stdout
+    for name in (
+        "config.json",
+        "metrics.json",
+        "log.jsonl",
+        "checkpoint.pt",
+        "pred.npy",
+        "true.npy",
+        "loss_curves.png",
+        "test_target.png",
+        "inspect_fit.png",
+        "forecast.csv",
+        "forecast.png",
+        "rolling_forecast.csv",
+        "rolling_forecast.png",
+    ):
+        assert (run / name).is_file(), name
+    pred, true = np.load(run / "pred.npy"), np.load(run / "true.npy")
+    assert pred.shape == true.shape == (2880 - 8 + 1, 8, 7)
+    metrics = json.loads((run / "metrics.json").read_text())
+    np.testing.assert_allclose(
+        metrics["mse"], np.mean((pred.astype(np.float64) - true) ** 2), rtol=1e-6
+    )
+    assert metrics["persistence"]["mse"] > 0 and metrics["n_test_windows"] == 2873
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+    forecast = pd.read_csv(run / "forecast.csv")
+    assert len(forecast) == 8 and pd.Timestamp(forecast["date"][0]) == pd.Timestamp(
+        "2016-07-01"
+    ) + pd.Timedelta(hours=14400)
+    rolling = pd.read_csv(run / "rolling_forecast.csv")
+    assert {"OT", "forecast_OT"} <= set(rolling.columns) and rolling["forecast_OT"].notna().all()
+
+    # In-process from here (no interpreter start-up); torch's thread count is left alone.
+    def main(*argv) -> None:
+        s2s.main([str(x) for x in argv])
+
+    in_process = SMOKE[: SMOKE.index("--threads")]
+
+    # Re-scoring the checkpoint (its flags override the command line) reproduces the metrics.
+    main(
+        "--eval-only",
+        "--checkpoint",
+        run / "checkpoint.pt",
+        *common,
+        "--run-name",
+        "b",
+        "--horizon",
+        "24",
+        "--no-plots",
+    )
+    rescored = json.loads((tmp_path / "seq2seq_etth" / "b" / "metrics.json").read_text())
+    np.testing.assert_allclose(rescored["mse"], metrics["mse"], rtol=1e-5)
+
+    main(
+        "--predict-only",
+        "--checkpoint",
+        run / "checkpoint.pt",
+        *common,
+        "--run-name",
+        "c",
+        "--no-plots",
+    )
+    again = pd.read_csv(tmp_path / "seq2seq_etth" / "c" / "forecast.csv")
+    np.testing.assert_allclose(again["forecast_OT"], forecast["forecast_OT"], rtol=1e-5)
+
+    # Resume: 1 epoch, then resume to 2, gives the same model as 2 epochs straight.
+    one = [a if a != "2" else "1" for a in in_process]
+    main(*one, *common, "--run-name", "d", "--instance-norm", "--no-plots")
+    main(
+        *in_process,
+        *common,
+        "--run-name",
+        "e",
+        "--instance-norm",
+        "--no-plots",
+        "--resume",
+        tmp_path / "seq2seq_etth" / "d" / "checkpoint.pt",
+    )
+    resumed = json.loads((tmp_path / "seq2seq_etth" / "e" / "metrics.json").read_text())
+    np.testing.assert_allclose(resumed["mse"], metrics["mse"], rtol=1e-5)
+
+
+def test_missing_data_exits_with_message(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        s2s.main(["--data-root", str(tmp_path), "--data", str(tmp_path / "x.csv")])
+    message = str(info.value.code)
+    assert message.startswith("error:") and "x.csv" in message
