@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Common flags.
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--data-root", default="data")
     p.add_argument("--out", default="outputs")
     p.add_argument("--run-name", default=time.strftime("%Y%m%d-%H%M%S"))
@@ -158,8 +159,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.factor <= 0 or args.lr <= 0 or not 0 < args.lr_decay <= 1:
         parser.error("--factor and --lr must be positive and --lr-decay in (0, 1]")
-    if args.max_steps_per_epoch < 0:
-        parser.error("--max-steps-per-epoch must be >= 0")
+    if args.max_steps_per_epoch < 0 or args.threads < 0:
+        parser.error("--max-steps-per-epoch and --threads must be >= 0")
     try:
         args.decomp_kernels = [int(k) for k in str(args.decomp_kernels).split(",") if k.strip()]
     except ValueError:
@@ -679,13 +680,16 @@ def main(argv: list[str] | None = None) -> None:
         saved = resume_state["config"]
         # Continue the same run: its model/data settings win; epochs/device may change.
         for key, value in saved["args"].items():
-            if key not in ("resume", "epochs", "device", "log_every", "eval_batch_size"):
+            if key not in ("resume", "epochs", "device", "threads", "log_every", "eval_batch_size"):
                 setattr(args, key, value)
         run_dir = Path(args.resume).resolve().parent
     else:
         run_dir = Path(args.out) / Path(__file__).stem / args.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
+    if args.threads > 0:
+        # On a shared CPU, fewer threads than cores avoids threads waiting on each other.
+        torch.set_num_threads(args.threads)
     seed_everything(args.seed)
 
     data = load_ett(args.data_root, args.data, args.features, args.target, args.seq_len, args.split)

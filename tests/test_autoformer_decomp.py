@@ -215,7 +215,8 @@ def test_preset_values_and_overrides():
 # --------------------------------------------------------------------------------------------
 
 SMOKE = ["--d-model", "16", "--d-ff", "32", "--n-heads", "2", "--horizon", "24",
-         "--max-steps-per-epoch", "3", "--log-every", "1", "--eval-batch-size", "512"]  # fmt: skip
+         "--max-steps-per-epoch", "3", "--log-every", "1", "--eval-batch-size", "512",
+         "--threads", "1"]  # fmt: skip
 
 
 def test_smoke_run_and_resume(tiny_ett_root, tmp_path):
@@ -242,7 +243,7 @@ def test_smoke_run_and_resume(tiny_ett_root, tmp_path):
 
     # --resume continues the same run folder from epoch 2.
     run_script("autoformer_decomp.py", "--resume", run / "checkpoint.pt", "--epochs", "2",
-               "--log-every", "1")  # fmt: skip
+               "--log-every", "1", "--threads", "1")  # fmt: skip
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     assert log[1]["lr"] == pytest.approx(log[0]["lr"] * 0.5)  # halved each epoch
@@ -251,7 +252,8 @@ def test_smoke_run_and_resume(tiny_ett_root, tmp_path):
 
 def test_decompose_only_and_missing_data(tiny_ett_root, tmp_path):
     proc = run_script("autoformer_decomp.py", "--decompose-only", "--data-root", tiny_ett_root,
-                      "--out", tmp_path, "--run-name", "d", "--decomp-kernels", "5,25")  # fmt: skip
+                      "--out", tmp_path, "--run-name", "d", "--decomp-kernels", "5,25",
+                      "--threads", "1")  # fmt: skip
     run = tmp_path / "autoformer_decomp" / "d"
     assert sorted(p.name for p in run.iterdir()) == [
         "decomposition_OT.png", "decomposition_channels.png"]  # fmt: skip
@@ -269,5 +271,5 @@ def test_decompose_only_and_missing_data(tiny_ett_root, tmp_path):
 @pytest.mark.realdata
 def test_real_etth1_decomposition(real_ett_root, tmp_path):
     run_script("autoformer_decomp.py", "--decompose-only", "--data-root", real_ett_root,
-               "--out", tmp_path, "--run-name", "real")  # fmt: skip
+               "--out", tmp_path, "--run-name", "real", "--threads", "1")  # fmt: skip
     assert (tmp_path / "autoformer_decomp" / "real" / "decomposition_channels.png").is_file()
