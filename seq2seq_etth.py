@@ -723,30 +723,39 @@ def plot_windows(
     k = data.out_channels.index(data.target_channel)
     ch = data.target_channel
     first_dates = split.dates[window : window + len(pred)]
-    fig, axes = plt.subplots(2, 1, figsize=(12, 7))
-    axes[0].plot(first_dates, to_original(true[:, 0, k], data, ch), lw=0.8, label="true")
-    axes[0].plot(
-        first_dates, to_original(pred[:, 0, k], data, ch), lw=0.8, label="predicted (step 1)"
-    )
-    axes[0].set_title(f"{title}: {data.target}, first forecast step of every window")
-    axes[0].legend()
+    fig = plt.figure(figsize=(13, 7))
+    grid = fig.add_gridspec(2, n_full)
+    top = fig.add_subplot(grid[0, :])
+    top.plot(first_dates, to_original(true[:, 0, k], data, ch), lw=0.8, label="true")
+    top.plot(first_dates, to_original(pred[:, 0, k], data, ch), lw=0.8, label="predicted (step 1)")
+    top.set_title(f"{title}: {data.target}, first forecast step of every window")
+    top.set_ylabel(data.target)
+    top.legend()
+    top.grid(alpha=0.3)
     horizon = pred.shape[1]
     picks = np.linspace(0, len(pred) - 1, n_full).astype(int)
     for j, i in enumerate(picks):
-        hist = split.values[i : i + window, ch]
-        t_hist = np.arange(i, i + window)
-        t_fut = np.arange(i + window, i + window + horizon)
-        color = f"C{j}"
-        axes[1].plot(t_hist, to_original(hist, data, ch), color=color, lw=0.8, alpha=0.5)
-        axes[1].plot(t_fut, to_original(true[i, :, k], data, ch), color=color, lw=1.0)
-        axes[1].plot(t_fut, to_original(pred[i, :, k], data, ch), color=color, lw=1.5, ls="--")
-    axes[1].set_title(
-        f"{len(picks)} whole windows: input (faint), truth (solid), forecast (dashed)"
-    )
-    axes[1].set_xlabel("row in split")
-    for ax in axes:
-        ax.set_ylabel(data.target)
+        ax = fig.add_subplot(grid[1, j])
+        t_hist = np.arange(-window + 1, 1)
+        t_fut = np.arange(1, horizon + 1)
+        ax.plot(
+            t_hist,
+            to_original(split.values[i : i + window, ch], data, ch),
+            color="gray",
+            lw=0.8,
+            label="input",
+        )
+        ax.plot(t_fut, to_original(true[i, :, k], data, ch), lw=1.0, label="truth")
+        ax.plot(t_fut, to_original(pred[i, :, k], data, ch), lw=1.5, ls="--", label="forecast")
+        ax.axvline(0.5, color="red", lw=0.8)
+        ax.set_title(
+            f"window {i} ({split.dates[i + window].strftime('%Y-%m-%d %H:%M')})", fontsize=9
+        )
+        ax.set_xlabel("step relative to forecast start")
         ax.grid(alpha=0.3)
+        if j == 0:
+            ax.set_ylabel(data.target)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
