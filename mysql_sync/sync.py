@@ -45,9 +45,11 @@ import argparse
 import hashlib
 import json
 import os
+import queue
 import re
 import socket
 import sys
+import threading
 import time
 import tomllib
 import zlib
@@ -675,6 +677,9 @@ class Copier:
         return sql, args
 
     def run(self) -> TableResult:
+        """Stream the source in a reader thread (parsing rows) while this thread writes the
+        previous batch to the target: the two servers work at the same time, as in a
+        `mariadb-dump | mariadb` pipe. The queue is short, so memory stays flat."""
         started = time.monotonic()
         res = self.result
         upper = scalar(self.src, "SELECT NOW(6)")  # the SOURCE clock bounds this run
@@ -684,27 +689,9 @@ class Copier:
         res.watermark = state[0] if state else None
         lookback = self.cfg.job.lookback_seconds
 
-        batch: list[tuple[bytes, str, str]] = []
-        rejects: list[tuple[str | None, str, int | None, str]] = []
-        batch_bytes = 0
-        last: tuple[str, str | None] | None = None
-
-        def flush() -> None:
-            nonlocal batch, rejects, batch_bytes
-            new_state = self.watermark
-            if last is not None:
-                if self.watermark is None or lookback == 0 or last[0] > self.watermark[0]:
-                    # Rows arrive in (cursor, key) order; with a lookback window the re-read
-                    # rows sit at or before the stored cursor, so only a later cursor moves it.
-                    new_state = last
-            self.write_batch(batch, rejects, new_state)
-            self.watermark = new_state
-            batch, rejects, batch_bytes = [], [], 0
-            if self.cfg.job.throttle_seconds:
-                time.sleep(self.cfg.job.throttle_seconds)
-
         # NULL cursors never match a range predicate: fetch them separately so they are
         # reported in sync_rejects instead of silently ignored.
+        pending_rejects: list[tuple[str | None, str, int | None, str]] = []
         with self.src.cursor() as cur:
             cur.execute(
                 f"SELECT {self.plan.select_lit}, {qi(self.spec.key)} FROM {qi(self.spec.source)} "
@@ -712,34 +699,95 @@ class Copier:
             )
             for lit, key in cur.fetchall():
                 res.read += 1
-                rejects.append((key, lit, None, f"NULL cursor column {self.spec.cursor}"))
+                pending_rejects.append((key, lit, None, f"NULL cursor column {self.spec.cursor}"))
 
         sql, args = self.source_query(state, upper)
-        with self.src.cursor(pymysql.cursors.SSCursor) as cur:
-            cur.execute(sql, args)
-            for lit, cursor_value, key in cur:
-                res.read += 1
-                if key is None or key.strip() == "":
-                    rejects.append((key, lit, None, f"NULL or empty key column {self.spec.key}"))
-                else:
-                    row = ("(" + lit).encode() + self.source_suffix
-                    if len(row) + len(self.plan.insert_prefix) + 200 > self.statement_limit:
-                        rejects.append((key, lit, None, "row larger than max_allowed_packet"))
-                    else:
-                        if batch_bytes + len(row) + 1 > self.statement_limit - 200 - len(
-                            self.plan.insert_prefix
-                        ):
-                            flush()
-                        batch.append((row, key, lit))
-                        batch_bytes += len(row) + 1
-                last = (cursor_value, key)
-                if len(batch) >= self.cfg.job.batch_rows or len(rejects) >= 1000:
-                    flush()
-        if batch or rejects or (last is not None and self.watermark != last and not self.dry_run):
-            flush()
+        batches: queue.Queue = queue.Queue(maxsize=3)
+        stop = threading.Event()
+        reader = threading.Thread(
+            target=self.read_stream, args=(sql, args, batches, stop), name="source-reader"
+        )
+        reader.start()
+        try:
+            while True:
+                kind, payload = batches.get()
+                if kind == "error":
+                    raise payload
+                if kind == "end":
+                    break
+                batch, rejects, last, n_read = payload
+                res.read += n_read
+                new_state = self.watermark
+                if self.watermark is None or lookback == 0 or last[0] > self.watermark[0]:
+                    # Rows arrive in (cursor, key) order; with a lookback window the re-read
+                    # rows sit at or before the stored cursor, so only a later cursor moves it.
+                    new_state = last
+                if batch or rejects or pending_rejects or new_state != self.watermark:
+                    self.write_batch(batch, pending_rejects + rejects, new_state)
+                    pending_rejects = []
+                self.watermark = new_state
+                if self.cfg.job.throttle_seconds:
+                    time.sleep(self.cfg.job.throttle_seconds)
+        except BaseException:
+            stop.set()
+            # Abandon the streaming result: closing the socket is immediate, draining it is not.
+            self.src._force_close()
+            reader.join(30)
+            raise
+        reader.join()
+        if pending_rejects:
+            self.write_batch([], pending_rejects, self.watermark)
         res.watermark = self.watermark[0] if self.watermark else None
         res.seconds = time.monotonic() - started
         return res
+
+    def read_stream(self, sql: str, args: list, out: queue.Queue, stop: threading.Event) -> None:
+        """Reader thread: turn source rows into INSERT tuples, batch them, hand them over."""
+
+        def put(item) -> None:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
+
+        try:
+            limit = self.statement_limit - 200 - len(self.plan.insert_prefix)
+            max_rows, suffix = self.cfg.job.batch_rows, self.source_suffix
+            key_name = self.spec.key
+            batch: list[tuple[bytes, str, str]] = []
+            rejects: list[tuple[str | None, str, int | None, str]] = []
+            batch_bytes = n_read = 0
+            last = None
+            cur = self.src.cursor(pymysql.cursors.SSCursor)
+            cur.execute(sql, args)
+            for lit, cursor_value, key in cur:
+                if stop.is_set():
+                    return
+                if key is None or key.strip() == "":
+                    rejects.append((key, lit, None, f"NULL or empty key column {key_name}"))
+                else:
+                    row = b"(" + lit.encode() + suffix
+                    if len(row) > limit:
+                        rejects.append((key, lit, None, "row larger than max_allowed_packet"))
+                    else:
+                        if batch_bytes + len(row) + 1 > limit:
+                            put(("batch", (batch, rejects, last, n_read)))
+                            batch, rejects, batch_bytes, n_read = [], [], 0, 0
+                        batch.append((row, key, lit))
+                        batch_bytes += len(row) + 1
+                n_read += 1
+                last = (cursor_value, key)
+                if len(batch) >= max_rows or len(rejects) >= 1000:
+                    put(("batch", (batch, rejects, last, n_read)))
+                    batch, rejects, batch_bytes, n_read = [], [], 0, 0
+            cur.close()
+            if n_read:
+                put(("batch", (batch, rejects, last, n_read)))
+            put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the writer thread to raise
+            put(("error", exc))
 
     # -- writing -------------------------------------------------------------------------------
     def insert(self, rows: list[tuple[bytes, str, str]], rejects: list) -> tuple[int, list]:

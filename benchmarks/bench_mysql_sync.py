@@ -1,0 +1,233 @@
+"""Benchmark mysql_sync/sync.py against a `mariadb-dump | mariadb` pipeline of the same table on
+the same two throwaway MariaDB servers (one source, one target, loopback ports).
+
+Measures, in one run:
+  1. full sync of N rows (default 1,000,000, about 200 bytes each): rows/s, and the job's
+     resident memory sampled every 0.2 s while it streams (flat = streaming reads);
+  2. `mariadb-dump --opt factory Table1 | mariadb dumpcopy` of the same table: rows/s;
+  3. an incremental run with nothing new against the N-row source: wall seconds of the whole
+     process (Python start included) and the job's own seconds;
+  4. `--verify` over the N rows (informational).
+Targets from issue 4: full sync >= 40,000 rows/s and >= 0.8x the dump pipeline; incremental
+no-op < 1 s; memory flat.
+
+Both copies move the same 9 columns (the benchmark config protects and excludes nothing).
+
+Full (heavy: hold the shared lock):
+    flock /tmp/heavy.lock timeout 1200 python benchmarks/bench_mysql_sync.py
+Quick smoke run (seconds):
+    python benchmarks/bench_mysql_sync.py --rows 20000
+Writes outputs/bench_mysql_sync/<run-name>/metrics.json and prints a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+import mariadb_harness as mh  # noqa: E402
+
+SYNC = REPO_ROOT / "mysql_sync" / "sync.py"
+PW_ENV = "BENCH_MYSQL_SYNC_PASSWORD"
+
+SOURCE_DDL = """
+CREATE TABLE Table1 (
+  id INT AUTO_INCREMENT PRIMARY KEY,
+  PackCode VARCHAR(64) NULL,
+  parentcode VARCHAR(64) NULL,
+  CreatedDate DATETIME(6) NULL,
+  product VARCHAR(200) NULL,
+  weight DECIMAL(10,3) NULL,
+  chuku VARCHAR(16) NULL,
+  jxs VARCHAR(64) NULL,
+  cky VARCHAR(64) NULL,
+  KEY ix_created (CreatedDate, PackCode)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+"""
+
+# Server-side generation from MariaDB's sequence engine: fast and reproducible. Rows are 0.5 s
+# apart (1M rows span ~5.8 days), so a 10-minute lookback re-reads ~1200 rows.
+FILL_SQL = """
+INSERT INTO Table1 (PackCode, parentcode, CreatedDate, product, weight, chuku, jxs, cky)
+SELECT CONCAT('LY', LPAD(seq, 12, '0')),
+       CONCAT('LYB', LPAD(seq DIV 24, 10, '0')),
+       TIMESTAMP('2024-01-01 00:00:00') + INTERVAL (seq * 500000 + seq MOD 997) MICROSECOND,
+       CONCAT('产品批次-', seq MOD 1000, '-', REPEAT(SUBSTR(MD5(seq), 1, 8), 12)),
+       (seq MOD 100000) / 1000,
+       '否', CONCAT('经销商', seq MOD 50), CONCAT('仓库', seq MOD 7)
+FROM seq_1_to_{n}
+"""
+
+
+def write_config(path: Path, source, target) -> Path:
+    path.write_text(
+        f"""[target]
+host = "127.0.0.1"
+port = {target.port}
+user = "root"
+password_env = "{PW_ENV}"
+database = "cloud"
+time_zone = "+00:00"
+
+[[sources]]
+name = "line1"
+host = "127.0.0.1"
+port = {source.port}
+user = "root"
+password_env = "{PW_ENV}"
+database = "factory"
+
+[[tables]]
+source = "Table1"
+target = "Table1"
+key = "PackCode"
+cursor = "CreatedDate"
+protected = []
+source_column = "source_name"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def run_sync(config: Path, *flags: str) -> dict:
+    """Run sync.py as its own process; wall time, peak RSS (kernel), RSS samples, JSON report."""
+    env = dict(os.environ, **{PW_ENV: ""})
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, str(SYNC), "--config", str(config), "--json", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    samples: list[tuple[float, int]] = []
+
+    def sample() -> None:
+        while proc.poll() is None:
+            value = rss_kib(proc.pid)
+            if value:
+                samples.append((round(time.monotonic() - started, 2), value))
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out, err = proc.communicate()
+    wall = time.monotonic() - started
+    thread.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"error: sync exited {proc.returncode}\n{out.decode()}\n{err.decode()}")
+    return {"wall_s": wall, "report": json.loads(out), "rss_samples_kib": samples}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--out", default="outputs")
+    parser.add_argument("--run-name", default=time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--buffer-pool", default="1G", help="innodb_buffer_pool_size per server")
+    args = parser.parse_args()
+    if args.rows < 1000:
+        parser.error("--rows must be >= 1000")
+    bins = mh.find_binaries()
+    out_dir = Path(args.out) / "bench_mysql_sync" / args.run_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics: dict = {"rows": args.rows, "machine_cores": os.cpu_count()}
+
+    with tempfile.TemporaryDirectory(prefix="bench_mysql_sync_") as tmp:
+        servers = mh.start_servers(
+            Path(tmp), ["source", "target"], [f"--innodb-buffer-pool-size={args.buffer_pool}"]
+        )
+        try:
+            src, tgt = servers["source"], servers["target"]
+            src.sql("CREATE DATABASE factory CHARACTER SET utf8mb4")
+            src.sql(SOURCE_DDL, database="factory")
+            tgt.sql("CREATE DATABASE cloud CHARACTER SET utf8mb4")
+            tgt.sql("CREATE DATABASE dumpcopy CHARACTER SET utf8mb4")
+            t0 = time.monotonic()
+            src.sql(FILL_SQL.format(n=args.rows), database="factory")
+            metrics["fill_s"] = round(time.monotonic() - t0, 2)
+            (avg_bytes,) = src.sql(
+                "SELECT AVG(4 + LENGTH(PackCode) + LENGTH(parentcode) + 8 + LENGTH(product) + 5 "
+                "+ LENGTH(chuku) + LENGTH(jxs) + LENGTH(cky)) FROM factory.Table1"
+            )[0]
+            metrics["avg_row_bytes"] = round(float(avg_bytes), 1)
+            src.sql("SELECT COUNT(*), SUM(LENGTH(product)) FROM factory.Table1")  # warm the cache
+            config = write_config(Path(tmp) / "bench.toml", src, tgt)
+
+            # 1. full sync (the target table is created empty by --init-target inside the run)
+            full = run_sync(config, "--init-target")
+            table = full["report"]["sources"][0]["tables"][0]
+            assert table["inserted"] == args.rows, table
+            rss = [v for _, v in full["rss_samples_kib"]]
+            metrics["sync_full"] = {
+                "wall_s": round(full["wall_s"], 2),
+                "job_seconds": table["seconds"],
+                "rows_per_s_wall": round(args.rows / full["wall_s"]),
+                "rows_per_s_job": table["rows_per_s"],
+                "rss_kib_min_max": [min(rss), max(rss)] if rss else None,
+                "rss_kib_at_25_50_75_100pct": [rss[int(q * (len(rss) - 1))] for q in (0.25, 0.5, 0.75, 1)] if rss else None,
+            }  # fmt: skip
+
+            # 2. the dump pipeline, same servers, same table
+            dump = (
+                f"{bins['mariadb-dump']} --no-defaults -h127.0.0.1 -P{src.port} -uroot "
+                f"--default-character-set=utf8mb4 factory Table1 | {bins['mariadb']} --no-defaults "
+                f"-h127.0.0.1 -P{tgt.port} -uroot --default-character-set=utf8mb4 dumpcopy"
+            )
+            t0 = time.monotonic()
+            subprocess.run(["bash", "-o", "pipefail", "-c", dump], check=True)
+            dump_s = time.monotonic() - t0
+            (copied,) = tgt.sql("SELECT COUNT(*) FROM dumpcopy.Table1")[0]
+            assert copied == args.rows
+            metrics["dump_pipeline"] = {
+                "wall_s": round(dump_s, 2),
+                "rows_per_s": round(args.rows / dump_s),
+            }
+            metrics["sync_vs_dump"] = round(dump_s / full["wall_s"], 3)
+
+            # 3. nothing new: the whole process, Python start included
+            noop = run_sync(config)
+            nt = noop["report"]["sources"][0]["tables"][0]
+            assert nt["inserted"] == 0
+            metrics["sync_noop"] = {"wall_s": round(noop["wall_s"], 3), "job_seconds": nt["seconds"],
+                                    "rows_reread_in_lookback": nt["read"],
+                                    "peak_rss_kib": max((v for _, v in noop["rss_samples_kib"]), default=None)}  # fmt: skip
+
+            # 4. verify (informational)
+            ver = run_sync(config, "--verify")
+            v = ver["report"]["sources"][0]["verify"][0]
+            metrics["verify"] = {"wall_s": round(ver["wall_s"], 2), "checked": v["checked"],
+                                 "missing": len(v["missing"]), "different": len(v["different"])}  # fmt: skip
+        finally:
+            for server in servers.values():
+                server.stop()
+
+    metrics["targets"] = {
+        "sync_rows_per_s_ge_40000": metrics["sync_full"]["rows_per_s_wall"] >= 40_000,
+        "sync_ge_0.8x_dump": metrics["sync_vs_dump"] >= 0.8,
+        "noop_lt_1s": metrics["sync_noop"]["wall_s"] < 1.0,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps(metrics, indent=1))
+    print(f"wrote {out_dir / 'metrics.json'}")
+
+
+if __name__ == "__main__":
+    main()
