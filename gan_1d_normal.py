@@ -500,7 +500,10 @@ def plot_input_distribution(G: Generator, args, device: torch.device, path: Path
     ax1.set_xlabel("u")
     ax1.set_ylabel("count")
     ax1.set_title(f"generator input: U(0, 1), {len(u)} draws", fontsize=9)
-    ax2.plot(grid, args.mean + args.std * special.ndtri(grid), "k--", label="ideal: inverse CDF")
+    ideal = args.mean + args.std * special.ndtri(grid)
+    # either monotone map pushes U(0, 1) onto the target: mean + std * Phi^-1(u) or (1 - u)
+    ax2.plot(grid, ideal, "k--", lw=1, label="ideal maps (increasing or decreasing)")
+    ax2.plot(grid, ideal[::-1], "k--", lw=1)
     ax2.plot(grid, mapped, color="tab:orange", label="learned G(u)")
     ax2.set_xlabel("u")
     ax2.set_ylabel("G(u)")
@@ -651,7 +654,7 @@ def run(args, run_dir: Path, device: torch.device) -> dict[str, float]:
                 snapshots[done] = generate(G, snap_n, device)
             if epoch % args.print_every == 0 or done == args.epochs:
                 rs, rm = torch.std_mean(out["real"], correction=0)
-                fs, fm = traj[epoch].tolist()[1], traj[epoch].tolist()[0]
+                fm, fs = traj[epoch].tolist()
                 row = {
                     "epoch": epoch,
                     "d_real_err": out["d_real_err"].item(),
