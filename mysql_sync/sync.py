@@ -85,6 +85,7 @@ ROW_DATA_ERRNOS = {
     4025,  # CHECK constraint (MariaDB, JSON columns included)
 }
 TEMPORAL_TYPES = {"datetime", "timestamp", "date"}
+EXACT_NUMBER_TYPES = {"tinyint", "smallint", "mediumint", "int", "bigint", "decimal"}
 BINARY_TYPES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit"}
 UNSUPPORTED_TYPES = {"geometry", "point", "linestring", "polygon", "multipoint",
                      "multilinestring", "multipolygon", "geometrycollection"}  # fmt: skip
@@ -378,15 +379,20 @@ def table_columns(conn: pymysql.Connection, database: str, table: str) -> list[C
 
 def literal_expr(columns: list[Column]) -> str:
     """SQL that makes the server render a row as `v1,v2,...` with each value an exact SQL literal:
-    QUOTE() escapes text (NULL becomes the word NULL), binary columns travel as X'hex'."""
+    QUOTE() escapes text (NULL becomes the word NULL), binary columns travel as X'hex', exact
+    numbers as their plain text. Text in another character set (latin1, gbk) is converted to
+    utf8mb4, the connection's, so CONCAT_WS never mixes character sets."""
     parts = []
     for col in columns:
+        name = qi(col.name)
         if col.data_type in BINARY_TYPES:
-            parts.append(
-                f"IF({qi(col.name)} IS NULL, 'NULL', CONCAT('X''', HEX({qi(col.name)}), ''''))"
-            )
+            parts.append(f"IF({name} IS NULL, 'NULL', CONCAT('X''', HEX({name}), ''''))")
+        elif col.data_type in EXACT_NUMBER_TYPES:
+            parts.append(f"IFNULL({name}, 'NULL')")
+        elif col.charset is None or col.charset in ("utf8mb4", "utf8mb3", "utf8", "ascii"):
+            parts.append(f"QUOTE({name})")
         else:
-            parts.append(f"CONVERT(QUOTE({qi(col.name)}) USING utf8mb4)")
+            parts.append(f"CONVERT(QUOTE({name}) USING utf8mb4)")
     return "CONCAT_WS(','," + ",".join(parts) + ")"
 
 
@@ -538,7 +544,7 @@ def init_target(cfg: Config, sources: list[Endpoint], dry_run: bool, log) -> lis
 
 
 # ----------------------------------------------------------------------------- row literals
-_LIT_TOKEN = re.compile(r"NULL|X'([0-9A-Fa-f]*)'|'((?:[^'\\]|\\.)*)'", re.S)
+_LIT_TOKEN = re.compile(r"NULL|X'([0-9A-Fa-f]*)'|'((?:[^'\\]|\\.)*)'|(-?[0-9][0-9.eE+-]*)", re.S)
 _UNESCAPE = {"0": "\0", "Z": "\x1a", "n": "\n", "r": "\r", "t": "\t", "b": "\b"}
 
 
@@ -554,6 +560,8 @@ def parse_literal_row(text: str) -> list[str | None]:
             values.append(None)
         elif m.group(1) is not None:
             values.append("0x" + m.group(1))
+        elif m.group(3) is not None:
+            values.append(m.group(3))
         else:
             values.append(
                 re.sub(r"\\(.)", lambda e: _UNESCAPE.get(e[1], e[1]), m.group(2), flags=re.S)

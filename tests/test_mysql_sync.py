@@ -607,10 +607,11 @@ def test_config_errors_exit_2(env, tmp_path, monkeypatch):
 def test_literal_parser_inverts_server_quoting(servers):
     value = "a'b\\c\x00d\x1ae\n中😀"
     (lit,) = servers["cloud"].sql(
-        "SELECT CONCAT_WS(',', QUOTE(%s), QUOTE(NULL), QUOTE(''), CONCAT('X''', HEX(x'00ff'), ''''))",
+        "SELECT CONCAT_WS(',', QUOTE(%s), QUOTE(NULL), QUOTE(''), CONCAT('X''', HEX(x'00ff'), "
+        "''''), IFNULL(CAST(-12.5 AS DECIMAL(6,2)), 'NULL'), IFNULL(NULL, 'NULL'))",
         (value,),
     )[0]
-    assert sync.parse_literal_row(lit) == [value, None, "", "0x00FF"]
+    assert sync.parse_literal_row(lit) == [value, None, "", "0x00FF", "-12.50", None]
 
 
 def test_no_torch_import():
