@@ -362,6 +362,10 @@ def test_smoke_run_eval_only_predict_only_and_resume(tiny_ett_root: Path, tmp_pa
     rescored = json.loads((tmp_path / "seq2seq_etth" / "b" / "metrics.json").read_text())
     np.testing.assert_allclose(rescored["mse"], metrics["mse"], rtol=1e-5)
 
+    # Predict-only reproduces the forecast; rolling over a second file continuing the first.
+    extra = pd.read_csv(write_tiny_ett(tmp_path / "more.csv", n_rows=30, seed=3))
+    extra["date"] = pd.date_range("2018-02-20", periods=30, freq="h").strftime("%Y-%m-%d %H:%M:%S")
+    extra.to_csv(tmp_path / "more.csv", index=False)
     main(
         "--predict-only",
         "--checkpoint",
@@ -369,10 +373,15 @@ def test_smoke_run_eval_only_predict_only_and_resume(tiny_ett_root: Path, tmp_pa
         *common,
         "--run-name",
         "c",
-        "--no-plots",
+        "--rolling-data",
+        tmp_path / "more.csv",
     )
     again = pd.read_csv(tmp_path / "seq2seq_etth" / "c" / "forecast.csv")
     np.testing.assert_allclose(again["forecast_OT"], forecast["forecast_OT"], rtol=1e-5)
+    rolled = pd.read_csv(tmp_path / "seq2seq_etth" / "c" / "rolling_forecast.csv")
+    assert len(rolled) == 30 and rolled["forecast_OT"].notna().all()  # 4 forecasts of 8 steps
+    np.testing.assert_allclose(rolled["OT"], extra["OT"], rtol=1e-6)
+    assert (tmp_path / "seq2seq_etth" / "c" / "rolling_forecast.png").is_file()
 
     # Resume: 1 epoch, then resume to 2, gives the same model as 2 epochs straight.
     one = [a if a != "2" else "1" for a in in_process]
