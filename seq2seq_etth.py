@@ -978,6 +978,11 @@ def main(argv: list[str] | None = None) -> None:
             "its numbers are not comparable with the literature"
         )
     data = load_ett(args.data_root, args.data, args.features, args.target, args.window, args.split)
+    if ckpt is not None and ckpt.get("columns", data.columns) != data.columns:
+        raise SystemExit(
+            f"error: {ckpt_path} was trained on columns {ckpt['columns']}, but --data "
+            f"{args.data} with --features {args.features} gives {data.columns}"
+        )
     run_dir = Path(args.out) / Path(__file__).stem / args.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(args, data).to(device)
@@ -1086,6 +1091,7 @@ def main(argv: list[str] | None = None) -> None:
                     "generator": generator.get_state(),
                 },
                 "config": {k: getattr(args, k) for k in MODEL_KEYS},
+                "columns": data.columns,
             },
             run_dir / "checkpoint.pt",
         )
