@@ -494,7 +494,7 @@ def atomic_save(obj: object, path: Path) -> None:
 
 class AttentionDecoderCell(nn.Module):
     """One decoder step. Attention weights over the L encoder outputs come from [previous
-    hidden, previous output] (Bahdanau et al. 2015, Sec. 3.1, eq. 6, with a fixed-length
+    hidden, previous output] (Bahdanau et al. 2015, Sec. 3.1, eqs. 5-6, with a fixed-length
     location score as in the notes); the LSTMCell reads [context, previous output (+ the step's
     time features)] and carries (h, c) - the notes passed (h, h) and threw the cell state away."""
 
@@ -514,7 +514,8 @@ class AttentionDecoderCell(nn.Module):
         h, c = state
         scores = self.attention(torch.cat((h, y_prev), dim=1))  # [B, L]
         weights = torch.softmax(scores, dim=1)  # alpha_tj, eq. 6
-        context = torch.bmm(weights.unsqueeze(1), encoder_out).squeeze(1)  # c_t = sum alpha h_j
+        # c_t = sum_j alpha_tj h_j (eq. 5): the attention-weighted encoder outputs.
+        context = torch.bmm(weights.unsqueeze(1), encoder_out).squeeze(1)
         cell_in = [context, y_prev] if mark is None else [context, y_prev, mark]
         h, c = self.cell(torch.cat(cell_in, dim=1), (h, c))
         return self.head(h), (h, c)
