@@ -17,8 +17,8 @@ Part 2, seconds per training epoch of the full model at the cpu preset (d_model 
 batch 32, input 96, label 48, horizon 96: 265 steps on ETTh1's 8449 training windows), timed
 with autoformer_decomp.train_epoch on real ETTh1 (synthetic ETT-shaped data if it is absent).
 
-Command (heavy, about 2 minutes; run under the shared lock):
-    flock /tmp/heavy.lock python benchmarks/bench_autocorrelation.py
+Command (heavy, about 2-4 minutes; run under the shared lock):
+    flock /tmp/heavy.lock python benchmarks/bench_autocorrelation.py --epoch-threads 2 1
 Quick: python benchmarks/bench_autocorrelation.py --repeats 2 --epoch-steps 10
 """
 
@@ -176,17 +176,24 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--epoch-steps", type=int, default=0, help="0: time a whole epoch")
     p.add_argument("--skip-epoch", action="store_true")
+    p.add_argument("--epoch-threads", type=int, nargs="+", default=[0],
+                   help="thread counts for the epoch timing (0: as --threads)")  # fmt: skip
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--data-root", default=str(REPO / "data"))
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
     report = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
               "threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
     report["autocorrelation"] = bench_autocorrelation(args)
     if not args.skip_epoch:
-        report["epoch"] = bench_epoch(args)
+        report["epoch"] = {}
+        for threads in args.epoch_threads:  # on a shared CPU, 1 thread can beat 2
+            torch.set_num_threads(threads or default_threads)
+            print(f"training-epoch timing with {torch.get_num_threads()} thread(s):")
+            report["epoch"][torch.get_num_threads()] = bench_epoch(args)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

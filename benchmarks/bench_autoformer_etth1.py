@@ -53,7 +53,12 @@ def main() -> None:
                    *args.extra]  # fmt: skip
             print("$ " + " ".join(cmd), flush=True)
             t0 = time.time()
-            subprocess.run(cmd, check=True, timeout=args.timeout, cwd=REPO)
+            try:
+                subprocess.run(cmd, check=True, timeout=args.timeout, cwd=REPO)
+            except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as exc:
+                # Keep going with the other runs; the table shows only finished ones.
+                print(f"run {name} did not finish: {exc}", flush=True)
+                continue
             wall = time.time() - t0
             metrics_path = folder / name / "metrics.json"
             metrics = json.loads(metrics_path.read_text())
