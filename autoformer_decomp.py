@@ -726,6 +726,8 @@ def main(argv: list[str] | None = None) -> None:
 
     log: list[dict] = []
     start_epoch, best_val, best_state, bad_epochs = 1, math.inf, None, 0
+    if resume_state is None:
+        (run_dir / "log.jsonl").unlink(missing_ok=True)  # a fresh run in a reused folder
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
