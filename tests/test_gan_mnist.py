@@ -1,0 +1,349 @@
+"""Tests for gan_mnist.py: its pieces (idx parsing, losses, FID / IS maths, EMA, sampling, the
+training step, the classifier cache), its error paths, and a smoke run as a user runs it."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from conftest import _write_idx, run_script, write_tiny_mnist
+
+import gan_mnist as gm
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory):
+    """Our own tiny MNIST root (the classifier cache is written into it)."""
+    return write_tiny_mnist(tmp_path_factory.mktemp("gan_mnist_data"), n_train=512, n_test=256)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def test_read_idx_plain_and_gz_roundtrip(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    _write_idx(tmp_path / "x-idx3-ubyte", arr)
+    with gzip.open(tmp_path / "x-idx3-ubyte.gz", "wb") as f:
+        f.write((tmp_path / "x-idx3-ubyte").read_bytes())
+    np.testing.assert_array_equal(gm.read_idx(tmp_path / "x-idx3-ubyte"), arr)
+    np.testing.assert_array_equal(gm.read_idx(tmp_path / "x-idx3-ubyte.gz"), arr)
+
+
+def test_read_idx_rejects_bad_files(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04" + bytes(16))
+    with pytest.raises(SystemExit, match="bad magic"):
+        gm.read_idx(tmp_path / "bad")
+    _write_idx(tmp_path / "short", np.zeros((3, 28, 28), np.uint8))
+    (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-10])
+    with pytest.raises(SystemExit, match="truncated"):
+        gm.read_idx(tmp_path / "short")
+
+
+def test_load_mnist_accepts_gz_only(tmp_path):
+    root = write_tiny_mnist(tmp_path, n_train=20, n_test=10)
+    for name in gm.MNIST_FILES.values():
+        (root / "MNIST" / "raw" / name).unlink()  # leave only the .gz twins
+    data = gm.load_mnist(root)
+    assert data["train_images"].shape == (20, 28, 28) and data["test_labels"].shape == (10,)
+
+
+def test_missing_data_message_names_files_and_folder(tmp_path, monkeypatch, capsys):
+    import torchvision
+
+    def no_internet(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: no network")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", no_internet)
+    with pytest.raises(SystemExit) as exc:
+        gm.main(["--data-root", str(tmp_path), "--out", str(tmp_path / "out")])
+    message = str(exc.value.code)
+    assert message.startswith("error:")
+    for name in gm.MNIST_FILES.values():
+        assert name in message
+    assert str(tmp_path / "MNIST" / "raw") in message
+    assert "download failed" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- models and losses
+
+
+def test_model_shapes_and_output_ranges():
+    for preset, lo in (("notes", 0.0), ("classic", -1.0)):
+        g, d = gm.build_generator(preset), gm.build_discriminator(preset)
+        z = torch.randn(8, gm.PRESETS[preset]["latent_dim"]) * 10
+        x = g(z)
+        assert x.shape == (8, 784)
+        assert x.min() >= lo and x.max() <= 1.0
+        assert d(x).shape == (8, 1)
+    linear_widths = [
+        m.out_features for m in gm.build_discriminator("notes") if isinstance(m, torch.nn.Linear)
+    ]
+    assert linear_widths == [512, 256, 128, 64, 32, 1]
+    classic_bn = [m for m in gm.build_generator("classic") if isinstance(m, torch.nn.BatchNorm1d)]
+    assert [m.num_features for m in classic_bn] == [256, 512, 1024]  # none after the first block
+    assert all(m.eps == 0.8 for m in classic_bn)
+    notes_bn = [m for m in gm.build_generator("notes") if isinstance(m, torch.nn.BatchNorm1d)]
+    assert [m.num_features for m in notes_bn] == [128, 256, 512, 1024]
+
+
+def test_losses_match_bce_on_probabilities():
+    real, fake = torch.randn(32, 1), torch.randn(32, 1)
+    d_ref = F.binary_cross_entropy(
+        torch.sigmoid(real), torch.ones_like(real)
+    ) + F.binary_cross_entropy(torch.sigmoid(fake), torch.zeros_like(fake))
+    torch.testing.assert_close(gm.discriminator_loss(real, fake), d_ref)
+    # Non-saturating: -log D(G(z)); minimax: log(1 - D(G(z))).
+    torch.testing.assert_close(
+        gm.generator_loss(fake, "nonsaturating"), -torch.log(torch.sigmoid(fake)).mean()
+    )
+    torch.testing.assert_close(
+        gm.generator_loss(fake, "minimax"), torch.log(1 - torch.sigmoid(fake)).mean()
+    )
+    # Stable where the probability form overflows.
+    assert torch.isfinite(gm.discriminator_loss(torch.tensor([[-200.0]]), torch.tensor([[200.0]])))
+
+
+def test_update_ema_averages_weights_and_buffers():
+    model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+        model.running_mean.fill_(2.0)
+        ema.weight.fill_(1.0)
+    model.num_batches_tracked.fill_(7)
+    gm.update_ema(ema, model, decay=0.75)
+    torch.testing.assert_close(ema.weight, torch.full((3,), 1.5))  # 0.75 * 1 + 0.25 * 3
+    torch.testing.assert_close(ema.running_mean, torch.full((3,), 0.5))
+    assert ema.num_batches_tracked.item() == 7
+
+
+def test_sample_batch_mode_matches_training_and_keeps_state():
+    torch.manual_seed(0)
+    g = gm.build_generator("notes")
+    g.train()
+    for _ in range(3):
+        g(torch.randn(16, 96))  # give the running statistics non-default values
+    g.eval()
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    z = torch.randn(64, 96)
+    batch_out = gm.sample(g, z, "batch", chunk=32)
+    running_out = gm.sample(g, z, "running", chunk=32)
+    for k, v in g.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not g.training
+    with torch.no_grad():
+        torch.testing.assert_close(running_out, g(z))
+        g.train()  # reference for batch mode: training-mode forward passes per chunk
+        expected = torch.cat([g(z[:32]), g(z[32:])])
+    torch.testing.assert_close(batch_out, expected)
+    assert not torch.allclose(batch_out, running_out)
+
+
+def test_train_step_does_k_d_updates_per_g_update():
+    torch.manual_seed(0)
+    g, d = gm.build_generator("notes"), gm.build_discriminator("notes")
+    g_opt, d_opt = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    reals = [torch.rand(16, 784) for _ in range(3)]
+    g_before = [p.clone() for p in g.parameters()]
+    stats = gm.train_step(g, d, g_opt, d_opt, reals, 96, recon_weight=0.05)
+    d_steps = {int(s["step"]) for s in d_opt.state.values()}
+    g_steps = {int(s["step"]) for s in g_opt.state.values()}
+    assert d_steps == {3} and g_steps == {1}
+    assert all(not torch.equal(a, b) for a, b in zip(g_before, g.parameters()))
+    assert set(stats) == {"d_loss", "g_loss", "recon", "d_real", "d_fake"}
+    assert 0 < stats["d_real"].item() < 1 and stats["recon"].item() > 0
+
+
+# ---------------------------------------------------------------------------- evaluation maths
+
+
+def _random_cov(rng, n):
+    a = rng.standard_normal((n, n))
+    return a @ a.T / n + 0.1 * np.eye(n)
+
+
+def test_frechet_distance_matches_scipy_sqrtm():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.standard_normal(12), rng.standard_normal(12)
+    c1, c2 = _random_cov(rng, 12), _random_cov(rng, 12)
+    covmean = scipy.linalg.sqrtm(c1 @ c2).real
+    reference = (mu1 - mu2) @ (mu1 - mu2) + np.trace(c1 + c2 - 2 * covmean)
+    assert gm.frechet_distance(mu1, c1, mu2, c2) == pytest.approx(reference, rel=1e-8)
+    assert gm.frechet_distance(mu1, c1, mu1, c1) == pytest.approx(0.0, abs=1e-8)
+    # Singular covariances (rank-deficient features) stay finite and non-negative.
+    low_rank = np.outer(mu1, mu1)
+    assert 0 <= gm.frechet_distance(mu1, low_rank, mu1, low_rank) < 1e-6
+
+
+def test_inception_score_extremes():
+    confident_balanced = np.eye(10)[np.arange(1000) % 10]
+    assert gm.inception_score(confident_balanced)[0] == pytest.approx(10.0, rel=1e-6)
+    single_digit = np.eye(10)[np.zeros(1000, dtype=int)]
+    assert gm.inception_score(single_digit)[0] == pytest.approx(1.0, rel=1e-6)
+    uniform = np.full((1000, 10), 0.1)
+    assert gm.inception_score(uniform)[0] == pytest.approx(1.0, rel=1e-6)
+    # Two equally likely digits, each predicted with certainty: exp(log 2) = 2.
+    two = np.eye(10)[np.arange(1000) % 2]
+    mean, std = gm.inception_score(two)
+    assert mean == pytest.approx(2.0, rel=1e-6) and std == pytest.approx(0.0, abs=1e-9)
+
+
+def test_classifier_cache_is_reused_and_invalidated(mnist_root, monkeypatch, capsys):
+    data = gm.load_mnist(mnist_root)
+    cache = mnist_root / "cache" / "mnist_classifier.pt"
+    _, acc = gm.load_or_train_classifier(data, mnist_root, torch.device("cpu"))
+    assert cache.is_file() and 0.0 <= acc <= 1.0
+    assert not (mnist_root / "MNIST" / "cache").exists()
+
+    def must_not_train(*a, **k):
+        raise AssertionError("retrained although the cache matches")
+
+    with monkeypatch.context() as m:
+        m.setattr(gm, "train_classifier", must_not_train)
+        model, cached_acc = gm.load_or_train_classifier(data, mnist_root, torch.device("cpu"))
+    assert cached_acc == acc and not model.training
+    # Different training data -> different fingerprint -> retrain.
+    changed = dict(data, train_labels=(data["train_labels"] + 1) % 10)
+    gm.load_or_train_classifier(changed, mnist_root, torch.device("cpu"))
+    assert "retraining" in capsys.readouterr().out
+    saved = torch.load(cache, weights_only=True)
+    assert saved["fingerprint"] == gm.data_fingerprint(changed)
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--d-steps", "0"], "--d-steps must be >= 1"),
+        (["--batch-size", "1"], "--batch-size must be >= 2"),
+        (["--ema-decay", "1.0"], "--ema-decay"),
+        (["--generate", "5"], "--generate needs --checkpoint"),
+        (["--samples-out", "x.npy"], "only used with --generate"),
+        (["--resume", "/nonexistent/checkpoint.pt"], "does not exist"),
+    ],
+)
+def test_impossible_flags_exit_2(flags, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        gm.main(flags)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_batch_larger_than_dataset_is_rejected(mnist_root, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        gm.main(["--data-root", str(mnist_root), "--out", str(tmp_path), "--batch-size", "1000"])
+    assert "larger than the 512 training images" in str(exc.value.code)
+
+
+def test_resume_continues_the_run(mnist_root, tmp_path):
+    """A run split in two by --resume sees the same batches and noise as an uninterrupted one.
+
+    Two identical runs on this CPU agree only to ~1e-4 (BLAS kernels are not bit-reproducible
+    across calls, and GAN training amplifies the drift), while a different RNG stream (another
+    seed, or a resume that loses the RNG/optimizer state) moves the losses by several percent
+    within a few steps; the tolerance sits between the two."""
+    common = ["--data-root", str(mnist_root), "--out", str(tmp_path), "--eval-samples", "20"]
+    common += ["--log-every", "1", "--sample-every", "100"]
+    gm.main([*common, "--run-name", "straight", "--epochs", "2"])
+    gm.main([*common, "--run-name", "split", "--epochs", "1"])
+    split_ckpt = tmp_path / "gan_mnist" / "split" / "checkpoint.pt"
+    assert torch.load(split_ckpt, weights_only=False)["epoch"] == 1
+    gm.main([*common, "--epochs", "2", "--resume", str(split_ckpt)])
+    a = torch.load(tmp_path / "gan_mnist" / "straight" / "checkpoint.pt", weights_only=False)
+    b = torch.load(split_ckpt, weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 16
+    ha, hb = a["history"], b["history"]
+    assert [h["step"] for h in ha] == [h["step"] for h in hb] == list(range(1, 17))
+    for ra, rb in zip(ha, hb):
+        for key in ("d_loss", "recon"):
+            assert rb[key] == pytest.approx(ra[key], rel=5e-3), (ra["step"], key)
+    log = (tmp_path / "gan_mnist" / "split" / "log.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in log if "d_loss" in json.loads(line)]
+    assert steps == list(range(1, 17))  # the resumed run appends to the same log
+
+
+# ---------------------------------------------------------------------------- smoke run
+
+
+def test_smoke_run_writes_everything_and_generates(mnist_root, tmp_path):
+    out = tmp_path / "out"
+    proc = run_script(
+        "gan_mnist.py", "--data-root", mnist_root, "--out", out, "--run-name", "smoke", "--epochs", "2",
+        "--eval-every", "1", "--eval-samples", "100", "--sample-every", "5", "--log-every", "3",
+        "--preset", "classic", "--d-steps", "2",
+    )  # fmt: skip
+    assert "FID" in proc.stdout and "steps/s" in proc.stdout
+    run = out / "gan_mnist" / "smoke"
+    config = json.loads((run / "config.json").read_text())
+    assert config["preset"] == "classic" and config["steps_per_epoch"] == 512 // (64 * 2)
+    metrics = json.loads((run / "metrics.json").read_text())
+    final = metrics["final"]
+    assert metrics["steps"] == 8 and [e["epoch"] for e in metrics["evals"]] == [1, 2]
+    assert 1.0 <= final["is"] <= 10.0 and final["fid"] >= 0 and final["fid_floor"] >= 0
+    assert math.isclose(sum(final["digit_fractions"]), 1.0, abs_tol=1e-3)
+    assert set(final["variants"]) == {"raw/batch", "raw/running", "ema/batch", "ema/running"}
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert {"d_loss", "g_loss", "d_real", "d_fake"} <= set(log[0])
+    grids = sorted(p.name for p in (run / "samples").glob("step_*.png"))
+    assert grids == ["step_0000004.png", "step_0000005.png", "step_0000008.png"]
+    for png in [*(run / "samples").glob("*.png"), run / "samples_final.png", run / "losses.png"]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    assert not list(run.glob("*.tmp"))
+
+    npy = tmp_path / "gen.npy"
+    gen = run_script(
+        "gan_mnist.py",
+        "--generate",
+        "37",
+        "--checkpoint",
+        run / "checkpoint.pt",
+        "--samples-out",
+        npy,
+    )
+    assert "wrote" in gen.stdout
+    images = np.load(npy)
+    assert images.dtype == np.uint8 and images.shape == (37, 28, 28)
+    assert images.max() > images.min()
+
+
+# ---------------------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+def test_real_mnist_idx_and_gz_agree(real_mnist_root):
+    raw = real_mnist_root / "MNIST" / "raw"
+    data = gm.load_mnist(real_mnist_root)
+    assert data["train_images"].shape == (60000, 28, 28) and data["test_images"].shape == (
+        10000,
+        28,
+        28,
+    )
+    assert set(np.unique(data["train_labels"])) == set(range(10))
+    gz = raw / "t10k-labels-idx1-ubyte.gz"
+    if gz.exists():
+        np.testing.assert_array_equal(gm.read_idx(gz), data["test_labels"])
+
+
+@pytest.mark.realdata
+def test_real_mnist_cached_classifier_is_accurate(real_mnist_root):
+    """The cached evaluation classifier (trained by `--train-classifier-only`) passes 99%."""
+    path = real_mnist_root / "cache" / "mnist_classifier.pt"
+    if not path.is_file():
+        pytest.skip("no cached classifier (run: python gan_mnist.py --train-classifier-only)")
+    data = gm.load_mnist(real_mnist_root)
+    saved = torch.load(path, weights_only=True)
+    if saved.get("fingerprint") != gm.data_fingerprint(data):
+        pytest.skip("cached classifier is stale")
+    model = gm.DigitClassifier(gm.CLASSIFIER_CONFIG["feature_dim"])
+    model.load_state_dict(saved["state_dict"])
+    x = gm.images_to_tensor(data["test_images"], torch.device("cpu"))
+    y = torch.from_numpy(data["test_labels"].astype(np.int64))
+    assert gm.classifier_accuracy(model, x, y) >= 0.99
