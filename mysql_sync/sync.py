@@ -692,7 +692,16 @@ class Copier:
         res = self.result
         upper = scalar(self.src, "SELECT NOW(6)")  # the SOURCE clock bounds this run
         res.upper_bound = upper
-        state = read_state(self.tgt, self.source.name, self.spec)
+        self.target_exists = bool(
+            table_columns(self.tgt, self.cfg.target.database, self.spec.target)
+        )
+        has_state = bool(table_columns(self.tgt, self.cfg.target.database, "sync_state"))
+        if not has_state and not self.dry_run:
+            raise ConfigError(
+                "target has no sync_state table: run with --init-target or "
+                "mysql_sync/sql/003_bookkeeping.sql"
+            )
+        state = read_state(self.tgt, self.source.name, self.spec) if has_state else None
         self.watermark = state
         res.watermark = state[0] if state else None
         lookback = self.cfg.job.lookback_seconds
@@ -847,7 +856,9 @@ class Copier:
         res = self.result
         if self.dry_run:
             # Classify without writing: what would be inserted, already present or conflict.
-            existing = self.fetch_target_literals([r[1] for r in batch])
+            existing = (
+                self.fetch_target_literals([r[1] for r in batch]) if self.target_exists else {}
+            )
             for _, key, lit in batch:
                 nk = norm_key(key)
                 have = existing.get(nk, (self.dry_run_seen.get(nk), None))[0]
@@ -1005,7 +1016,11 @@ def sync_source(cfg: Config, source: Endpoint, args, log) -> SourceResult:
                 # A slow target must not make the source drop the streaming result.
                 cur.execute("SET SESSION net_write_timeout = 3600")
             for spec in cfg.tables:
-                plan = plan_table(src, tgt, source, cfg.target.database, spec)
+                # --init-target --dry-run: the tables it would create do not exist yet.
+                preview = args.dry_run and args.init_target
+                plan = plan_table(
+                    src, tgt, source, cfg.target.database, spec, target_must_exist=not preview
+                )
                 if args.verify:
                     result.verify.append(verify_table(cfg, source, plan, src, tgt))
                 else:

@@ -7,6 +7,7 @@ here touches the system server on 127.0.0.1:3306.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -179,4 +180,6 @@ def start_servers(
         for server in servers.values():
             server.stop()
         raise
+    for server in servers.values():
+        atexit.register(server.stop)  # safety net if the caller never reaches its own stop()
     return servers

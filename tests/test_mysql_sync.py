@@ -464,6 +464,14 @@ def test_overlapping_run_steps_aside(env):
 
 def test_dry_run_writes_nothing(env):
     env.add("line1", rows("A", 10))
+    # on an empty target: shows the DDL and the counts, creates nothing
+    code, rep = env.run("--init-target", "--dry-run")
+    assert code == 0
+    assert any("PRIMARY KEY (`PackCode`)" in s for s in rep["init_statements"])
+    assert env.table_result(rep, "line1")["inserted"] == 10
+    assert env.s["cloud"].sql("SHOW TABLES FROM cloud") == []
+    # a plain run without the bookkeeping tables is a configuration error, not a crash
+    assert env.run()[0] == 2
     assert env.run("--init-target", "--source", "line1", max_rows_per_run=4)[0] == 0
     env.add("line2", rows("B", 6) + [(None, "p", "2024-05-01 08:00:09", "nokey", "1")])
     tables = "cloud.Table1, cloud.sync_state, cloud.sync_conflicts, cloud.sync_rejects"
