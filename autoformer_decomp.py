@@ -369,6 +369,29 @@ class AutoCorrelation(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+class FastDropout(nn.Module):
+    """Inverted dropout whose mask comes from 16-bit slices of 64-bit random integers.
+
+    nn.Dropout draws one random number per element, and on a CPU that draw costs several
+    times more than the layer it follows (measured: about a quarter of a training step of this
+    model). Four 16-bit lanes per 64-bit draw quarter the generator's work; p is rounded to a
+    multiple of 1/65536 (0.05 -> 0.0500031). Identity in eval mode, like nn.Dropout."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.threshold = round(p * 65536)  # drop when the lane (as unsigned) is below this
+        self.p = self.threshold / 65536
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        n = x.numel()
+        draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
+        lanes = draws.random_(-(2**63), 2**63 - 1).view(torch.int16)[:n].view(x.shape)
+        drop = lanes < self.threshold - 32768  # int16 lane + 32768 is uniform on 0..65535
+        return x.masked_fill(drop, 0.0) * (1.0 / (1.0 - self.p))
+
+
 class DataEmbedding(nn.Module):
     """Token embedding (a width-3 circular convolution over time) plus the 'timeF' time
     features through a linear layer; no positional embedding: Auto-Correlation only compares
@@ -379,7 +402,7 @@ class DataEmbedding(nn.Module):
         self.token = nn.Conv1d(c_in, d_model, 3, padding=1, padding_mode="circular", bias=False)
         nn.init.kaiming_normal_(self.token.weight, mode="fan_in", nonlinearity="leaky_relu")
         self.time = nn.Linear(n_marks, d_model, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
 
     def forward(self, x: torch.Tensor, marks: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.token(x.transpose(1, 2)).transpose(1, 2) + self.time(marks))
@@ -403,8 +426,8 @@ class FeedForward(nn.Module):
         super().__init__()
         # Pointwise layers without bias, as the paper's code (1x1 convolutions there).
         self.net = nn.Sequential(
-            nn.Linear(d_model, d_ff, bias=False), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(d_ff, d_model, bias=False), nn.Dropout(dropout),
+            nn.Linear(d_model, d_ff, bias=False), nn.GELU(), FastDropout(dropout),
+            nn.Linear(d_ff, d_model, bias=False), FastDropout(dropout),
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -421,7 +444,7 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(d_model, d_ff, dropout)
         self.decomp1 = SeriesDecomposition(moving_avg)
         self.decomp2 = SeriesDecomposition(moving_avg)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, _ = self.decomp1(x + self.dropout(self.attention(x, x, x)))
@@ -440,7 +463,7 @@ class DecoderLayer(nn.Module):
         self.cross_attention = AutoCorrelation(d_model, n_heads, factor, delays_per_head)
         self.feed_forward = FeedForward(d_model, d_ff, dropout)
         self.decomps = nn.ModuleList(SeriesDecomposition(moving_avg) for _ in range(3))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
         self.trend_projection = nn.Conv1d(
             d_model, c_out, 3, padding=1, padding_mode="circular", bias=False
         )

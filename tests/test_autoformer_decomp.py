@@ -151,6 +151,24 @@ def test_autocorrelation_shapes_and_per_sample_inference():
 # --------------------------------------------------------------------------------------------
 
 
+def test_fast_dropout_rate_scale_and_gradient():
+    torch.manual_seed(0)
+    layer = af.FastDropout(0.05)
+    assert layer.p == pytest.approx(0.05, abs=1e-5)
+    x = torch.ones(400_000, requires_grad=True)
+    y = layer(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - layer.p) < 0.002  # about 6 standard errors
+    kept = y[y != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / (1 - layer.p)))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # d(out)/d(x) = mask / (1 - p)
+    assert not torch.equal(layer(x), layer(x))  # a fresh mask per call
+    layer.eval()
+    assert layer(x) is x
+    assert af.FastDropout(0.0).train()(x) is x
+
+
 def tiny_args(**overrides):
     argv = ["--d-model", "16", "--d-ff", "32", "--n-heads", "2", "--horizon", "12",
             "--seq-len", "24", "--label-len", "12"]  # fmt: skip
