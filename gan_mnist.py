@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="notes")
-    p.add_argument("--epochs", type=int, default=30, help="passes of D over the training set")
+    p.add_argument("--epochs", type=int, default=15, help="passes of D over the training set")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
         "--d-steps", type=int, default=1, help="k of Algorithm 1: D updates per G update"
@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-samples", type=int, default=10000, help="generated samples per evaluation"
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; 1 avoids OpenMP spin-wait thrashing on a busy 2-core machine",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", type=Path, default=Path("data"))
     p.add_argument("--out", type=Path, default=Path("outputs"))
@@ -168,6 +174,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     for name in ("sample_every", "log_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
     if args.eval_every < 0:
         parser.error("--eval-every must be >= 0")
     if args.generate is not None:
@@ -952,6 +960,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     check_args(parser, args)
     device = pick_device(args.device)
+    torch.set_num_threads(args.threads)
     if args.generate is not None:
         generate_mode(args, device)
         return
