@@ -43,6 +43,7 @@ import argparse
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -269,8 +270,15 @@ def load_image_data(name: str, root: str | Path) -> tuple[torch.Tensor, torch.Te
         folder = root / "cifar-10-batches-py"
 
         def get(train: bool, download: bool):
-            data = torchvision.datasets.CIFAR10(str(root), train=train, download=download).data
-            return torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()
+            if download:  # fetches and unpacks the archive into the torchvision layout
+                torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+            # Read the python-pickle batches directly (torchvision would also insist on the
+            # archive's md5 sums): each holds b"data", uint8 rows of 3072 = 3 x 32 x 32 (CHW).
+            arrays = []
+            for batch in files[:5] if train else files[5:6]:
+                with open(folder / batch, "rb") as f:
+                    arrays.append(np.asarray(pickle.load(f, encoding="bytes")[b"data"], np.uint8))
+            return torch.from_numpy(np.concatenate(arrays).reshape(-1, 3, 32, 32))
 
     try:
         train, test = get(True, False), get(False, False)

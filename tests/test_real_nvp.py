@@ -304,6 +304,24 @@ def test_impossible_flags_exit_2(argv, capsys):
     assert "error" in capsys.readouterr().err
 
 
+def test_cifar10_batches_load_from_the_torchvision_layout(tmp_path):
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        data = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": [0, 1, 2, 3]}, f)
+    train, test = R.load_image_data("cifar10", tmp_path)
+    assert train.shape == (20, 3, 32, 32) and test.shape == (4, 3, 32, 32)
+    with open(folder / "test_batch", "rb") as f:
+        first = pickle.load(f)[b"data"][0]
+    assert torch.equal(test[0, 1].flatten(), torch.from_numpy(first[1024:2048]))  # CHW rows
+    assert R.parse_args(["--dataset", "cifar10"]).num_scales == 1  # the paper's CIFAR-10 setup
+
+
 def test_missing_cifar_names_the_files(tmp_path):
     with pytest.raises(SystemExit, match=r"data_batch_1.*cifar-10-batches-py"):
         R.load_image_data("cifar10", tmp_path)
