@@ -694,8 +694,10 @@ def generate_mode(args: argparse.Namespace, device: torch.device) -> None:
     ckpt = torch.load(args.checkpoint, map_location=device, weights_only=False)
     g, cfg = generator_from_checkpoint(ckpt, device)
     seed_everything(args.seed)
-    z = torch.randn(args.generate, cfg["latent_dim"], device=device)
+    # At least one training-size batch, so per-batch BatchNorm statistics are well defined.
+    z = torch.randn(max(args.generate, cfg["batch_size"]), cfg["latent_dim"], device=device)
     x01 = to_unit_range(sample(g, z, cfg["sample_bn"], cfg["batch_size"]), cfg["preset"])
+    x01 = x01[: args.generate]
     images = (x01.reshape(-1, 28, 28) * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
     args.samples_out.parent.mkdir(parents=True, exist_ok=True)
     np.save(args.samples_out, images)

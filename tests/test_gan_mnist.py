@@ -224,6 +224,7 @@ def test_classifier_cache_is_reused_and_invalidated(mnist_root, monkeypatch, cap
         (["--d-steps", "0"], "--d-steps must be >= 1"),
         (["--batch-size", "1"], "--batch-size must be >= 2"),
         (["--ema-decay", "1.0"], "--ema-decay"),
+        (["--threads", "0"], "--threads must be >= 1"),
         (["--generate", "5"], "--generate needs --checkpoint"),
         (["--samples-out", "x.npy"], "only used with --generate"),
         (["--resume", "/nonexistent/checkpoint.pt"], "does not exist"),
@@ -312,6 +313,11 @@ def test_smoke_run_writes_everything_and_generates(mnist_root, tmp_path):
     images = np.load(npy)
     assert images.dtype == np.uint8 and images.shape == (37, 28, 28)
     assert images.max() > images.min()
+    # A single sample still gets batch statistics (drawn inside a full batch).
+    gm.main(
+        ["--generate", "1", "--checkpoint", str(run / "checkpoint.pt"), "--samples-out", str(npy)]
+    )
+    assert np.load(npy).shape == (1, 28, 28)
 
 
 # ---------------------------------------------------------------------------- real data
