@@ -271,14 +271,16 @@ def test_smoke_run_and_resume(tiny_ett_root, tmp_path):
     assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-5)
 
 
-def test_decompose_only_and_missing_data(tiny_ett_root, tmp_path):
-    proc = run_script("autoformer_decomp.py", "--decompose-only", "--data-root", tiny_ett_root,
-                      "--out", tmp_path, "--run-name", "d", "--decomp-kernels", "5,25",
-                      "--threads", "1")  # fmt: skip
+def test_decompose_only_writes_figures_and_exits(tiny_ett_root, tmp_path, capsys):
+    af.main(["--decompose-only", "--data-root", str(tiny_ett_root), "--out", str(tmp_path),
+             "--run-name", "d", "--decomp-kernels", "5,25"])  # fmt: skip
     run = tmp_path / "autoformer_decomp" / "d"
     assert sorted(p.name for p in run.iterdir()) == [
         "decomposition_OT.png", "decomposition_channels.png"]  # fmt: skip
-    assert "wrote" in proc.stdout
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_missing_data_exits_with_message(tmp_path):
     # No data and (in the test sandbox) a failing or absent download: a message, exit != 0.
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -291,6 +293,6 @@ def test_decompose_only_and_missing_data(tiny_ett_root, tmp_path):
 
 @pytest.mark.realdata
 def test_real_etth1_decomposition(real_ett_root, tmp_path):
-    run_script("autoformer_decomp.py", "--decompose-only", "--data-root", real_ett_root,
-               "--out", tmp_path, "--run-name", "real", "--threads", "1")  # fmt: skip
+    af.main(["--decompose-only", "--data-root", str(real_ett_root), "--out", str(tmp_path),
+             "--run-name", "real"])  # fmt: skip
     assert (tmp_path / "autoformer_decomp" / "real" / "decomposition_channels.png").is_file()
