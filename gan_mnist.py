@@ -749,17 +749,12 @@ def format_eval(result: dict) -> str:
 def train(args: argparse.Namespace, device: torch.device) -> dict:
     mnist = load_mnist(args.data_root)
     n_train = len(mnist["train_images"])
-    if args.batch_size * args.d_steps > n_train:
-        raise SystemExit(
-            f"error: --batch-size {args.batch_size} x --d-steps {args.d_steps} is larger than the "
-            f"{n_train} training images"
-        )
     start_epoch, history, evals, ckpt = 0, [], [], None
     if args.resume is not None:
         ckpt = torch.load(args.resume, map_location=device, weights_only=False)
         cfg = dict(ckpt["config"])
         # Run-control flags come from this command line; everything else from the checkpoint.
-        for key in ("epochs", "eval_every", "eval_samples", "sample_every", "log_every", "device"):
+        for key in ("epochs", "eval_every", "eval_samples", "sample_every", "log_every", "threads"):
             cfg[key] = getattr(args, key)
         run_dir = args.resume.parent
         start_epoch, history, evals = ckpt["epoch"], ckpt["history"], ckpt["evals"]
@@ -785,6 +780,11 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
         run_name = args.run_name or time.strftime("%Y%m%d-%H%M%S")
         run_dir = args.out / Path(__file__).stem / run_name
         seed_everything(args.seed)
+    if cfg["batch_size"] * cfg["d_steps"] > n_train:
+        raise SystemExit(
+            f"error: --batch-size {cfg['batch_size']} x --d-steps {cfg['d_steps']} is larger than "
+            f"the {n_train} training images"
+        )
     cfg["device_used"] = str(device)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
