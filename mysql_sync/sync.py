@@ -140,7 +140,7 @@ class TableSpec:
 
 @dataclass
 class JobSpec:
-    batch_rows: int = 5000
+    batch_rows: int = 10000
     max_statement_bytes: int = 4 * 1024 * 1024
     lookback_seconds: float = 600.0
     max_rows_per_run: int = 0  # 0 = no limit
@@ -599,11 +599,15 @@ class TableResult:
     upper_bound: str | None = None
     dry_run: bool = False
     note: str | None = None
+    source_wait_s: float = 0.0  # writer idle, waiting for the source: the source is the bottleneck
+    target_write_s: float = 0.0  # time in target INSERT/COMMIT: the target is the bottleneck
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(vars(self))
         d["rows_per_s"] = round(self.read / self.seconds, 1) if self.seconds > 0 else 0.0
         d["seconds"] = round(self.seconds, 3)
+        d["source_wait_s"] = round(self.source_wait_s, 3)
+        d["target_write_s"] = round(self.target_write_s, 3)
         return d
 
 
@@ -724,10 +728,15 @@ class Copier:
         reader = threading.Thread(
             target=self.read_stream, args=(sql, args, batches, stop), name="source-reader"
         )
+        # The reader holds the GIL while parsing rows; a short switch interval lets the writer
+        # send the next INSERT as soon as the previous one returns (the target is the bottleneck).
+        sys.setswitchinterval(0.0005)
         reader.start()
         try:
             while True:
+                waited = time.monotonic()
                 kind, payload = batches.get()
+                res.source_wait_s += time.monotonic() - waited
                 if kind == "error":
                     raise payload
                 if kind == "end":
@@ -740,7 +749,9 @@ class Copier:
                     # rows sit at or before the stored cursor, so only a later cursor moves it.
                     new_state = last
                 if batch or rejects or pending_rejects or new_state != self.watermark:
+                    writing = time.monotonic()
                     self.write_batch(batch, pending_rejects + rejects, new_state)
+                    res.target_write_s += time.monotonic() - writing
                     pending_rejects = []
                 self.watermark = new_state
                 if self.cfg.job.throttle_seconds:
