@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--epochs", type=int, default=None, help="override gan_1d_normal's --epochs")
     ap.add_argument("--steps", type=int, default=None, help="override gan_curve_painter's --steps")
+    ap.add_argument("--one-d-args", default="", help="extra flags for gan_1d_normal, one string")
     ap.add_argument("--painter-args", default="", help="extra flags for the painter, one string")
     ap.add_argument("--no-painter", action="store_true")
     ap.add_argument("--no-1d", action="store_true")
@@ -82,6 +83,7 @@ def main() -> None:
                     "--run-name",
                     name,
                 ]
+                cmd += args.one_d_args.split()
                 if args.epochs:
                     cmd += ["--epochs", str(args.epochs)]
                 jobs.append(("1d", mode, seed, cmd, runs_out / "gan_1d_normal" / name))

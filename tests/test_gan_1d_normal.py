@@ -41,7 +41,7 @@ def test_moments_exact_on_known_arrays():
     )
 
 
-def test_diffs_variances_quantiles_exact():
+def test_diffs_variances_exact():
     x = torch.tensor([3.0, 1.0, 2.0, 6.0])  # mean 3
     torch.testing.assert_close(
         g.preprocess_diffs(x), torch.tensor([3.0, 1.0, 2.0, 6.0, 0.0, -2.0, -1.0, 3.0])
@@ -49,21 +49,30 @@ def test_diffs_variances_quantiles_exact():
     torch.testing.assert_close(
         g.preprocess_variances(x), torch.tensor([3.0, 1.0, 2.0, 6.0, 0.0, 4.0, 1.0, 9.0])
     )
-    torch.testing.assert_close(g.preprocess_quantiles(x), torch.tensor([1.0, 2.0, 3.0, 6.0]))
     torch.testing.assert_close(g.preprocess_raw(x), x)
 
 
-def test_preprocessing_passes_gradient_through_batch_mean():
-    # d/dx_j of sum_i (x_i - mean) is 0: only true if the mean is not detached (the notes'
-    # version detaches it and gets 1 instead).
-    x = torch.tensor([1.0, 2.0, 4.0], requires_grad=True)
-    (grad,) = torch.autograd.grad(g.preprocess_diffs(x)[3:].sum(), x)
-    torch.testing.assert_close(grad, torch.zeros(3))
-    # sorting routes each gradient back to its own sample
-    (grad,) = torch.autograd.grad(
-        (g.preprocess_quantiles(x) * torch.tensor([1.0, 10.0, 100.0])).sum(), x
+def test_quantiles_exact_and_invariant():
+    x = torch.tensor([3.0, 1.0, 2.0, 6.0], dtype=torch.float64)  # mean 3, population std sqrt(3.5)
+    s = math.sqrt(3.5)
+    # standardised sorted values (-2, -1, 0, 3) / s, averaged in 2 blocks of 2
+    expected = torch.tensor([3.0, s, -1.5 / s, 1.5 / s], dtype=torch.float64)
+    torch.testing.assert_close(g.preprocess_quantiles(x, blocks=2), expected)
+    # with one block per sample it is the whole standardised sorted batch
+    torch.testing.assert_close(
+        g.preprocess_quantiles(x, blocks=4)[2:],
+        torch.tensor([-2.0, -1.0, 0.0, 3.0], dtype=torch.float64) / s,
     )
-    torch.testing.assert_close(grad, torch.tensor([1.0, 10.0, 100.0]))
+    # order does not matter; an affine map a x + b only moves the (mean, std) part
+    y = torch.randn(500, dtype=torch.float64)
+    base = g.preprocess_quantiles(y)
+    torch.testing.assert_close(g.preprocess_quantiles(y[torch.randperm(500)]), base)
+    moved = g.preprocess_quantiles(2.5 * y + 4.0)
+    torch.testing.assert_close(moved[2:], base[2:])
+    torch.testing.assert_close(moved[:2], torch.stack([2.5 * base[0] + 4.0, 2.5 * base[1]]))
+    # block means of a standardised batch: increasing, and their mean is 0
+    assert torch.all(base[3:] > base[2:-1])
+    assert abs(base[2:].mean().item()) < 1e-12
 
 
 def test_w1_point_mass_is_mean_absolute_deviation():
@@ -138,18 +147,18 @@ def test_momentum_sgd_equals_torch_sgd():
 
 def test_train_epoch_is_deterministic_and_moves_both_nets():
     args = g.parse_args(
-        ["--batch-size", "32", "--d-steps", "3", "--g-steps", "2", "--mode", "quantiles"]
+        ["--batch-size", "40", "--d-steps", "3", "--g-steps", "2", "--mode", "quantiles"]
     )
     results = []
     for _ in range(2):
         g.seed_everything(1)
-        G, D = g.Generator(), g.Discriminator(32)
+        G, D = g.Generator(), g.Discriminator(g.d_input_size("quantiles", 40))
         before = [p.clone() for p in (*G.parameters(), *D.parameters())]
         opt_d, opt_g = g.make_optimizers(G, D, args)
         out = g.train_epoch(G, D, opt_d, opt_g, g.preprocess_quantiles, args, torch.device("cpu"))
         after = list(G.parameters()) + list(D.parameters())
         assert all(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
-        assert out["fake"].shape == (32,) and out["real"].shape == (32,)
+        assert out["fake"].shape == (40,) and out["real"].shape == (40,)
         results.append(torch.cat([p.detach().flatten() for p in after]))
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
 
