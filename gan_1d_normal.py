@@ -3,20 +3,21 @@ whole minibatches.
 
 The generator maps u ~ U(0, 1) through a 1 -> 5 -> 5 -> 1 tanh network; the discriminator
 never sees single values but a whole minibatch of 500, after one of five preprocessing modes
-(`--mode`): the raw values, values + deviations from the batch mean, values + squared
-deviations, only the four moments (mean, std, skewness, excess kurtosis), or the sorted batch
-(`quantiles`, the empirical quantile function: our addition, the only mode that gets the SHAPE
-right). This is devnag's 2018 "GANs in 50 lines" design as the source notes adapt it, rewritten
-for current PyTorch (no retain_graph, everything created on the training device, gradients of
-the preprocessing flow through the batch mean).
+(`--mode`): `raw` (the 500 values), `diffs` (values + deviations from the batch mean),
+`variances` (values + squared deviations), `moments` (mean, std, skewness, excess kurtosis:
+the default) or `quantiles` (our addition: batch mean and std plus the standardised sorted
+batch, i.e. the empirical quantile function, averaged in 20 blocks; see preprocess_quantiles).
+This is devnag's 2018 design as the source notes adapt it, rewritten for current PyTorch (no
+retain_graph, everything created on the training device, gradients of the preprocessing flow
+through the batch mean).
 
 Paper: Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014: the minimax value
 function (Eq. 1), the non-saturating generator loss -log D(G(z)) (Sec. 3), and Algorithm 1
 (k discriminator steps, then generator steps; here k = 20 and 20 generator steps per epoch).
 
-Full run (5000 epochs x (20 D + 20 G steps), about a minute on one CPU core):
+Full run (5000 epochs x (20 D + 20 G steps); see the README for measured times):
     python gan_1d_normal.py                      # default mode: moments
-    python gan_1d_normal.py --mode quantiles
+    python gan_1d_normal.py --mode quantiles --lr-decay linear --ema 0.99
     python gan_1d_normal.py --mode all           # all five modes + comparison
 Quick run (seconds):
     python gan_1d_normal.py --epochs 50 --print-every 10 --run-name quick

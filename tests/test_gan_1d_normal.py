@@ -199,7 +199,10 @@ SMALL = [
 
 
 def test_smoke_single_mode_and_resume(tmp_path, capsys):
-    run_script("gan_1d_normal.py", "--epochs", "4", *SMALL, "--out", tmp_path, "--run-name", "r")
+    recipe = ["--ema", "0.5", "--lr-decay", "linear"]
+    run_script(
+        "gan_1d_normal.py", "--epochs", "4", *SMALL, *recipe, "--out", tmp_path, "--run-name", "r"
+    )
     run_dir = tmp_path / "gan_1d_normal" / "r"
     for name in (
         "config.json",
@@ -220,7 +223,8 @@ def test_smoke_single_mode_and_resume(tmp_path, capsys):
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["epoch"] == 4
 
     # resume in-process (same code path as the CLI, without a second interpreter start-up)
-    g.main(["--epochs", "7", *SMALL, "--resume", str(run_dir / "checkpoint.pt")])
+    assert metrics["evaluated_generator"] == "ema" and "ks" in metrics["raw_generator"]
+    g.main(["--epochs", "7", *SMALL, *recipe, "--resume", str(run_dir / "checkpoint.pt")])
     assert "resumed" in capsys.readouterr().out
     epochs = [
         json.loads(line)["epoch"] for line in (run_dir / "log.jsonl").read_text().splitlines()
