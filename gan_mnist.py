@@ -436,8 +436,10 @@ def train_step(
     g_loss.backward()
     g_opt.step()
     if ema is not None:
-        # Warm-up so the average is not dominated by the random initial weights.
-        update_ema(ema, generator, min(ema_decay, (1.0 + step) / (10.0 + step)))
+        # decay_t = t / (t + 1) is the plain running mean of all weights so far; capping it at
+        # ema_decay turns it into an EMA with a ~1 / (1 - ema_decay)-step window once t is large
+        # enough, so the random initial weights are forgotten but early epochs still average.
+        update_ema(ema, generator, min(ema_decay, step / (step + 1.0)))
     return {
         "d_loss": d_loss.detach(),
         "g_loss": g_loss.detach(),
