@@ -25,6 +25,7 @@ Quick: python benchmarks/bench_autocorrelation.py --repeats 2 --epoch-steps 10
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -166,6 +167,93 @@ def bench_epoch(args) -> dict:
     return result
 
 
+class PaperStyleAutoCorrelation(torch.nn.Module):
+    """The same layer (same weights) with paper_code_style's correlation and aggregation."""
+
+    def __init__(self, layer: af.AutoCorrelation):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, queries, keys, values):
+        layer, length = self.layer, queries.shape[1]
+        q, k, v = layer.query(queries), layer.key(keys), layer.value(values)
+        if k.shape[1] < length:
+            k = torch.nn.functional.pad(k, (0, 0, 0, length - k.shape[1]))
+            v = torch.nn.functional.pad(v, (0, 0, 0, length - v.shape[1]))
+        k, v = k[:, :length], v[:, :length]
+        top_k = af.top_k_for(length, layer.factor)
+        return layer.out(paper_code_style(q, k, v, top_k, self.training))
+
+
+class PoolDecomposition(torch.nn.Module):
+    def __init__(self, kernel_size: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+
+    def forward(self, x):
+        trend = af.moving_average_pool(x, self.kernel_size)
+        return x - trend, trend
+
+
+def paper_style_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` (same weights) built the way the paper's code builds it: per-channel
+    correlation with roll/gather aggregation, nn.Dropout, pad + pool decomposition."""
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, af.AutoCorrelation):
+                setattr(module, name, PaperStyleAutoCorrelation(child))
+            elif isinstance(child, af.FastDropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+            elif isinstance(child, af.SeriesDecomposition):
+                setattr(module, name, PoolDecomposition(child.kernel_size))
+    return model
+
+
+def bench_epoch_compare(args) -> dict:
+    """Training steps of the cpu-preset model, ours vs paper_style_model, interleaved in
+    rounds on the same batches so that a busy machine slows both alike; the ratio is the
+    robust number, seconds per epoch are extrapolated from seconds per step."""
+    cfg = af.parse_args(["--preset", "cpu", "--horizon", "96"])
+    torch.manual_seed(0)
+    n_windows, c_in, n_marks = 8449, 7, 4  # ETTh1 standard split, horizon 96: 265 steps
+    ours_model = af.Autoformer(c_in, n_marks, cfg)
+    models = {"ours": ours_model, "paper_code_style": paper_style_model(ours_model)}
+    batches = [(torch.randn(32, 96, c_in), torch.rand(32, 96, n_marks) - 0.5,
+                torch.rand(32, 144, n_marks) - 0.5, torch.randn(32, 96, c_in))
+               for _ in range(args.compare_steps)]  # fmt: skip
+
+    def run(name: str, model, optimizer) -> float:
+        model.train()
+        t0 = time.perf_counter()
+        for x, x_mark, y_mark, target in batches:
+            loss = torch.nn.functional.mse_loss(model(x, x_mark, y_mark), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return (time.perf_counter() - t0) / len(batches)
+
+    optimizers = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
+    for name in models:  # warm-up
+        run(name, models[name], optimizers[name])
+    per_step = {name: [] for name in models}
+    for _ in range(args.compare_rounds):
+        for name in models:
+            per_step[name].append(run(name, models[name], optimizers[name]))
+    steps = -(-n_windows // 32)
+    result = {name: {"seconds_per_step": statistics.median(v), "rounds": v,
+                     "seconds_per_epoch": statistics.median(v) * steps}
+              for name, v in per_step.items()}  # fmt: skip
+    result["speedup"] = (result["paper_code_style"]["seconds_per_step"]
+                         / result["ours"]["seconds_per_step"])  # fmt: skip
+    for name in models:
+        print(f"{name:>17}: {result[name]['seconds_per_step']:.3f} s/step, "
+              f"{result[name]['seconds_per_epoch']:.1f} s per {steps}-step epoch")  # fmt: skip
+    print(f"training-step speed-up of ours over the paper-code-style model: "
+          f"{result['speedup']:.2f}x")  # fmt: skip
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=32)
@@ -180,6 +268,14 @@ def main() -> None:
                    help="thread counts for the epoch timing (0: as --threads)")  # fmt: skip
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--data-root", default=str(REPO / "data"))
+    p.add_argument(
+        "--compare-rounds",
+        type=int,
+        default=0,
+        help="rounds of the interleaved ours-vs-paper-code-style model timing (0: skip)",
+    )
+    p.add_argument("--compare-steps", type=int, default=5, help="training steps per round")
+    p.add_argument("--skip-autocorrelation", action="store_true")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     if args.threads:
@@ -187,7 +283,10 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     report = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
               "threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
-    report["autocorrelation"] = bench_autocorrelation(args)
+    if not args.skip_autocorrelation:
+        report["autocorrelation"] = bench_autocorrelation(args)
+    if args.compare_rounds:
+        report["epoch_compare"] = bench_epoch_compare(args)
     if not args.skip_epoch:
         report["epoch"] = {}
         for threads in args.epoch_threads:  # on a shared CPU, 1 thread can beat 2
