@@ -19,7 +19,7 @@ Full run (ETTh1, 7 -> 7 channels, input 96, horizon 96):
     python seq2seq_etth.py
     python seq2seq_etth.py --instance-norm            # per-window normalisation
     python seq2seq_etth.py --features S --horizon 24  # univariate OT
-Quick run (seconds):
+Quick run (about 30 s on 2 CPU cores):
     python seq2seq_etth.py --epochs 1 --max-train-batches 20 --horizon 24
 Re-score / forecast from a checkpoint:
     python seq2seq_etth.py --eval-only --checkpoint outputs/seq2seq_etth/RUN/checkpoint.pt
