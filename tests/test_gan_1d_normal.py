@@ -243,3 +243,11 @@ def test_smoke_mode_all_writes_comparison(tmp_path):
     for mode in g.MODES:
         assert json.loads((run_dir / mode / "config.json").read_text())["mode"] == mode
         assert (run_dir / mode / "samples.npy").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")
+def test_cuda_requested_but_absent_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        g.parse_args(["--device", "cuda"])
+    assert exc.value.code == 2
+    assert "CUDA is not available" in capsys.readouterr().err

@@ -169,3 +169,11 @@ def test_smoke_run_and_resume(tmp_path, capsys):
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 60
     with Image.open(run_dir / "training.gif") as gif:
         assert gif.n_frames == 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")
+def test_cuda_requested_but_absent_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        p.parse_args(["--device", "cuda"])
+    assert exc.value.code == 2
+    assert "CUDA is not available" in capsys.readouterr().err
