@@ -419,6 +419,8 @@ def plan_table(
     for role, col in (("key", spec.key), ("cursor", spec.cursor)):
         if col not in by_name:
             raise ConfigError(f"source {source.name}: {spec.source} has no {role} column {col}")
+        if "generated" in by_name[col].extra:
+            raise ConfigError(f"source {source.name}: {role} column {col} is generated")
     cursor_type = by_name[spec.cursor].data_type
     if cursor_type not in TEMPORAL_TYPES:
         raise ConfigError(
@@ -655,11 +657,18 @@ class Copier:
         self.cfg, self.source, self.plan, self.src, self.tgt = cfg, source, plan, src, tgt
         self.dry_run = dry_run
         self.spec = plan.spec
-        self.source_suffix = (
+        # Each row arrives from the source already as `(v1,...,vn,'line1')`, flagged `R(...)`
+        # when its key is NULL or empty: one column per row keeps the Python side cheap.
+        self.row_suffix = (
             "," + pymysql.converters.escape_string(source.name).join("''") + ")"
             if plan.spec.source_column
             else ")"
-        ).encode()
+        )
+        names = [c.name for c in plan.columns]
+        self.key_index, self.cursor_index = (
+            names.index(plan.spec.key),
+            names.index(plan.spec.cursor),
+        )
         max_packet = int(scalar(tgt, "SELECT @@max_allowed_packet"))
         # Leave room for the statement text around the rows and the protocol header.
         self.statement_limit = min(cfg.job.max_statement_bytes, max_packet - 4096)
@@ -680,9 +689,10 @@ class Copier:
             # Keyset continuation written out: MariaDB does not range-optimise (c, k) > (x, y).
             where = f"{c} >= %s AND ({c} > %s OR {k} > %s) AND {c} <= %s"
             args = [state[0], state[0], state[1], upper]
+        suffix_sql = pymysql.converters.escape_string(self.row_suffix).join("''")
         sql = (
-            f"SELECT {self.plan.select_lit}, {c}, {k} FROM {qi(self.spec.source)} "
-            f"WHERE {where} ORDER BY {c}, {k}"
+            f"SELECT CONCAT(IF({k} IS NULL OR TRIM({k}) = '', 'R(', '('), {self.plan.select_lit}, "
+            f"{suffix_sql}) FROM {qi(self.spec.source)} WHERE {where} ORDER BY {c}, {k}"
         )
         if self.cfg.job.max_rows_per_run:
             sql += f" LIMIT {int(self.cfg.job.max_rows_per_run)}"
@@ -780,54 +790,73 @@ class Copier:
                 except queue.Full:
                     continue
 
+        def hand_over(batch, rejects, last_row, n_read) -> None:
+            # The watermark of the batch: (cursor, key) of its last row, parsed once per batch.
+            values = parse_literal_row(self.row_literal(last_row))
+            last = (values[self.cursor_index], values[self.key_index])
+            put(("batch", (batch, [self.reject(*r) for r in rejects], last, n_read)))
+
         try:
             limit = self.statement_limit - 200 - len(self.plan.insert_prefix)
-            max_rows, suffix = self.cfg.job.batch_rows, self.source_suffix
-            key_name = self.spec.key
-            batch: list[tuple[bytes, str, str]] = []
-            rejects: list[tuple[str | None, str, int | None, str]] = []
+            max_rows = self.cfg.job.batch_rows
+            no_key = f"NULL or empty key column {self.spec.key}"
+            batch: list[bytes] = []
+            rejects: list[tuple[str, str]] = []
             batch_bytes = n_read = 0
-            last = None
+            last_row = ""
             cur = self.src.cursor(pymysql.cursors.SSCursor)
             cur.execute(sql, args)
-            for lit, cursor_value, key in cur:
+            for (row,) in cur:
                 if stop.is_set():
                     return
-                if key is None or key.strip() == "":
-                    rejects.append((key, lit, None, f"NULL or empty key column {key_name}"))
-                else:
-                    row = b"(" + lit.encode() + suffix
-                    if len(row) > limit:
-                        rejects.append((key, lit, None, "row larger than max_allowed_packet"))
+                if row[0] == "(":
+                    data = row.encode()
+                    if len(data) > limit:
+                        rejects.append((row, "row larger than max_allowed_packet"))
                     else:
-                        if batch_bytes + len(row) + 1 > limit:
-                            put(("batch", (batch, rejects, last, n_read)))
+                        if batch_bytes + len(data) + 1 > limit:
+                            hand_over(batch, rejects, last_row, n_read)
                             batch, rejects, batch_bytes, n_read = [], [], 0, 0
-                        batch.append((row, key, lit))
-                        batch_bytes += len(row) + 1
+                        batch.append(data)
+                        batch_bytes += len(data) + 1
+                else:
+                    row = row[1:]  # the 'R' flag: NULL or empty key
+                    rejects.append((row, no_key))
                 n_read += 1
-                last = (cursor_value, key)
+                last_row = row
                 if len(batch) >= max_rows or len(rejects) >= 1000:
-                    put(("batch", (batch, rejects, last, n_read)))
+                    hand_over(batch, rejects, last_row, n_read)
                     batch, rejects, batch_bytes, n_read = [], [], 0, 0
             cur.close()
             if n_read:
-                put(("batch", (batch, rejects, last, n_read)))
+                hand_over(batch, rejects, last_row, n_read)
             put(("end", None))
         except BaseException as exc:  # noqa: BLE001 - handed to the writer thread to raise
             put(("error", exc))
 
+    def row_literal(self, row: str) -> str:
+        """`(v1,...,vn,'line1')` -> `v1,...,vn` (the form the target's read-back uses)."""
+        return row[1 : -len(self.row_suffix)]
+
+    def key_and_literal(self, row: bytes) -> tuple[str | None, str]:
+        lit = self.row_literal(row.decode())
+        return parse_literal_row(lit)[self.key_index], lit
+
+    def reject(self, row: str, reason: str) -> tuple[str | None, str, int | None, str]:
+        lit = self.row_literal(row)
+        try:
+            key = parse_literal_row(lit)[self.key_index]
+        except ValueError:
+            key = None
+        return key, lit, None, reason
+
     # -- writing -------------------------------------------------------------------------------
-    def insert(self, rows: list[tuple[bytes, str, str]], rejects: list) -> tuple[int, list]:
+    def insert(self, rows: list[bytes], rejects: list) -> tuple[int, list]:
         """Multi-row INSERT; on a strict-mode data error split the rows in halves until the bad
         ones are isolated (InnoDB rolls back only the failed statement, not the transaction)."""
         if not rows:
             return 0, []
-        sql = (
-            self.plan.insert_prefix.encode()
-            + b",".join(r[0] for r in rows)
-            + self.plan.insert_suffix.encode()
-        )
+        sql = self.plan.insert_prefix.encode() + b",".join(rows) + self.plan.insert_suffix.encode()
         try:
             with self.tgt.cursor() as cur:
                 affected = cur.execute(sql)
@@ -837,7 +866,8 @@ class Copier:
             if code not in ROW_DATA_ERRNOS:
                 raise
             if len(rows) == 1:
-                rejects.append((rows[0][1], rows[0][2], code, str(exc.args[1])))
+                key, lit = self.key_and_literal(rows[0])
+                rejects.append((key, lit, code, str(exc.args[1])))
                 return 0, []
             mid = len(rows) // 2
             n1, kept1 = self.insert(rows[:mid], rejects)
@@ -867,10 +897,11 @@ class Copier:
         res = self.result
         if self.dry_run:
             # Classify without writing: what would be inserted, already present or conflict.
+            pairs = [self.key_and_literal(r) for r in batch]
             existing = (
-                self.fetch_target_literals([r[1] for r in batch]) if self.target_exists else {}
+                self.fetch_target_literals([k for k, _ in pairs]) if self.target_exists else {}
             )
-            for _, key, lit in batch:
+            for key, lit in pairs:
                 nk = norm_key(key)
                 have = existing.get(nk, (self.dry_run_seen.get(nk), None))[0]
                 if have is None:
@@ -886,8 +917,9 @@ class Copier:
         inserted, kept = self.insert(batch, rejects)
         if inserted < len(kept):
             # Some keys already existed (or repeated within the batch): compare contents.
-            existing = self.fetch_target_literals([r[1] for r in kept])
-            for _, key, lit in kept:
+            pairs = [self.key_and_literal(r) for r in kept]
+            existing = self.fetch_target_literals([k for k, _ in pairs])
+            for key, lit in pairs:
                 have = existing.get(norm_key(key))
                 if have is not None and have[0] != lit:
                     conflicts.append((key, lit, have[1]))
