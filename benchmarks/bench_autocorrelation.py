@@ -17,9 +17,16 @@ Part 2, seconds per training epoch of the full model at the cpu preset (d_model 
 batch 32, input 96, label 48, horizon 96: 265 steps on ETTh1's 8449 training windows), timed
 with autoformer_decomp.train_epoch on real ETTh1 (synthetic ETT-shaped data if it is absent).
 
-Command (heavy, about 2-4 minutes; run under the shared lock):
-    flock /tmp/heavy.lock python benchmarks/bench_autocorrelation.py --epoch-threads 2 1
-Quick: python benchmarks/bench_autocorrelation.py --repeats 2 --epoch-steps 10
+Part 3 (optional, --compare-rounds N): training steps of the cpu-preset model, ours vs the same
+model (same weights) built the paper code's way (paper-code-style Auto-Correlation, nn.Dropout,
+pad + pool decomposition), interleaved in rounds so that a busy machine slows both alike.
+
+Commands (the full one is heavy, a few minutes: run it under the shared lock):
+    flock /tmp/heavy.lock python benchmarks/bench_autocorrelation.py --epoch-threads 2 1 \
+        --epoch-steps 100 --json bench.json
+    python benchmarks/bench_autocorrelation.py --skip-epoch --threads 1 --repeats 5   # ~20 s
+    python benchmarks/bench_autocorrelation.py --skip-autocorrelation --skip-epoch \
+        --compare-rounds 4 --compare-steps 5 --threads 1                            # ~40 s
 """
 
 from __future__ import annotations
