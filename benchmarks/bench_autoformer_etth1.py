@@ -5,8 +5,11 @@ Runs already finished (their metrics.json exists) are not repeated, so the table
 in over several sessions. Each run is a plain `python autoformer_decomp.py ...` subprocess.
 
 Command (heavy: about 5-10 minutes per run on a 2-core CPU; run under the shared lock):
-    flock /tmp/heavy.lock python benchmarks/bench_autoformer_etth1.py --horizons 96 --seeds 0 1 2
-    flock /tmp/heavy.lock python benchmarks/bench_autoformer_etth1.py --horizons 192 336 720 --seeds 0
+    flock /tmp/heavy.lock python benchmarks/bench_autoformer_etth1.py --horizons 96 --seeds 0 1 2 \
+        -- --threads 1
+    flock /tmp/heavy.lock python benchmarks/bench_autoformer_etth1.py --horizons 192 336 720 \
+        --seeds 0 1 2 -- --threads 1
+(flags after `--` go to autoformer_decomp.py; --threads 1 because the CPU is shared)
 Table only (no training):  python benchmarks/bench_autoformer_etth1.py --summary-only
 Writes <out>/autoformer_decomp/bench_<preset>_<features>/summary.{md,json} and the run folders
 h<H>_s<seed> beside them.
