@@ -2,9 +2,12 @@
 the same two throwaway MariaDB servers (one source, one target, loopback ports).
 
 Measures, in one run:
-  1. full sync of N rows (default 1,000,000, about 200 bytes each): rows/s, and the job's
-     resident memory sampled every 0.2 s while it streams (flat = streaming reads);
+  1. full sync of N rows (default 1,000,000, about 200 bytes each) into an empty target: rows/s,
+     time the writer waited for the source vs time in target writes, and the job's resident
+     memory sampled every 0.2 s while it streams (flat = streaming reads);
   2. `mariadb-dump --opt factory Table1 | mariadb dumpcopy` of the same table: rows/s;
+  1 and 2 alternate --repeats times (default 2) into fresh databases; medians are compared, so
+  load from other jobs on a shared machine hits both alike;
   3. an incremental run with nothing new against the N-row source: wall seconds of the whole
      process (Python start included) and the job's own seconds;
   4. `--verify` over the N rows (informational).
@@ -17,7 +20,7 @@ Full (heavy: hold the shared lock):
     flock /tmp/heavy.lock timeout 1200 python benchmarks/bench_mysql_sync.py
 Quick smoke run (seconds):
     python benchmarks/bench_mysql_sync.py --rows 20000
-Writes outputs/bench_mysql_sync/<run-name>/metrics.json and prints a summary table.
+Writes outputs/bench_mysql_sync/<run-name>/metrics.json and prints the same JSON.
 """
 
 from __future__ import annotations
