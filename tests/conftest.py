@@ -69,7 +69,9 @@ def write_tiny_ett(path: Path, n_rows: int = 14400, freq: str = "h", seed: int =
     rng = np.random.default_rng(seed)
     step_hours = {"h": 1.0, "15min": 0.25}[freq]
     t = np.arange(n_rows) * step_hours
-    data = {"date": pd.date_range("2016-07-01", periods=n_rows, freq=freq).strftime("%Y-%m-%d %H:%M:%S")}
+    data = {
+        "date": pd.date_range("2016-07-01", periods=n_rows, freq=freq).strftime("%Y-%m-%d %H:%M:%S")
+    }
     for j, col in enumerate(ETT_COLUMNS[1:]):
         daily = np.sin(2 * np.pi * t / 24 + j)
         weekly = 0.5 * np.sin(2 * np.pi * t / (24 * 7) + 2 * j)
@@ -99,7 +101,9 @@ def real_data_available(*relative: str) -> bool:
 
 @pytest.fixture(scope="session")
 def real_mnist_root() -> Path:
-    if not real_data_available("MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/t10k-images-idx3-ubyte"):
+    if not real_data_available(
+        "MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/t10k-images-idx3-ubyte"
+    ):
         pytest.skip("real MNIST not in data/MNIST/raw")
     return REAL_DATA_ROOT
 
