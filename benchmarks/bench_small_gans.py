@@ -58,6 +58,12 @@ def main() -> None:
     ap.add_argument("--painter-args", default="", help="extra flags for the painter, one string")
     ap.add_argument("--no-painter", action="store_true")
     ap.add_argument("--no-1d", action="store_true")
+    ap.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="run nothing: rebuild the summary from the runs already in --run-name "
+        "(e.g. after a timeout); unfinished runs are listed as missing",
+    )
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
     ap.add_argument("--out", default="outputs")
     ap.add_argument("--run-name", default=time.strftime("%Y%m%d-%H%M%S"))
@@ -106,12 +112,18 @@ def main() -> None:
             jobs.append(("painter", "painter", seed, cmd, runs_out / "gan_curve_painter" / name))
 
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(args.jobs) as pool:
-        walls = list(pool.map(lambda j: run(j[3], bench_dir / f"{j[4].name}.log"), jobs))
+    if args.summarize_only:
+        walls = [float("nan")] * len(jobs)
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            walls = list(pool.map(lambda j: run(j[3], bench_dir / f"{j[4].name}.log"), jobs))
     total = time.perf_counter() - t0
 
-    results = []
+    results, missing = [], []
     for (kind, key, seed, cmd, run_dir), wall in zip(jobs, walls, strict=True):
+        if not (run_dir / "metrics.json").is_file():
+            missing.append(" ".join(["python", *cmd[1:]]))
+            continue
         m = json.loads((run_dir / "metrics.json").read_text())
         results.append(
             {
@@ -153,6 +165,8 @@ def main() -> None:
         ]
         for mode in args.modes:
             rs = [r for r in one_d if r["key"] == mode]
+            if not rs:
+                continue
             col = lambda k, d=3, rs=rs: mean_sd([r[k] for r in rs], d)
             lines.append(
                 f"| {mode} | {col('mean')} | {col('std')} | {col('skewness')} | "
@@ -210,6 +224,8 @@ def main() -> None:
             f"|a std-0.289|<=0.05, KS<=0.1: {'MET' if ok else 'MISSED'}",
         ]
     lines += ["", "Commands:", ""] + [f"    {r['command']}" for r in results]
+    if missing:
+        lines += ["", "Not finished (no metrics.json):", ""] + [f"    {c}" for c in missing]
     text = "\n".join(lines) + "\n"
     (bench_dir / "summary.md").write_text(text)
     (bench_dir / "summary.json").write_text(json.dumps(results, indent=2))
