@@ -70,7 +70,7 @@ PRESETS = {
         betas=(0.4, 0.8),
         weight_decay=1e-4,
         pixel_range="01",
-        recon_weight=0.0,
+        recon_weight=0.05,
     ),
     "classic": dict(
         latent_dim=100,
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="notes")
-    p.add_argument("--epochs", type=int, default=15, help="passes of D over the training set")
+    p.add_argument("--epochs", type=int, default=10, help="passes of D over the training set")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
         "--d-steps", type=int, default=1, help="k of Algorithm 1: D updates per G update"
