@@ -21,8 +21,8 @@ Part 3 (optional, --compare-rounds N): training steps of the cpu-preset model, o
 model (same weights) built the paper code's way (paper-code-style Auto-Correlation, nn.Dropout,
 pad + pool decomposition), interleaved in rounds so that a busy machine slows both alike.
 
-Commands (the full one is heavy, a few minutes: run it under the shared lock):
-    flock /tmp/heavy.lock python benchmarks/bench_autocorrelation.py --epoch-threads 2 1 \
+Commands (the full one takes a few minutes):
+    python benchmarks/bench_autocorrelation.py --epoch-threads 2 1 \
         --epoch-steps 100 --json bench.json
     python benchmarks/bench_autocorrelation.py --skip-epoch --threads 1 --repeats 5   # ~20 s
     python benchmarks/bench_autocorrelation.py --skip-autocorrelation --skip-epoch \

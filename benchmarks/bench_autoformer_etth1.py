@@ -4,10 +4,10 @@ MSE/MAE (normalised scale, every test window), epochs, seconds per epoch and wal
 Runs already finished (their metrics.json exists) are not repeated, so the table can be filled
 in over several sessions. Each run is a plain `python autoformer_decomp.py ...` subprocess.
 
-Command (heavy: about 5-10 minutes per run on a 2-core CPU; run under the shared lock):
-    flock /tmp/heavy.lock python benchmarks/bench_autoformer_etth1.py --horizons 96 --seeds 0 1 2 \
+Command (heavy: about 5-10 minutes per run on a 2-core CPU):
+    python benchmarks/bench_autoformer_etth1.py --horizons 96 --seeds 0 1 2 \
         -- --threads 1
-    flock /tmp/heavy.lock python benchmarks/bench_autoformer_etth1.py --horizons 192 336 720 \
+    python benchmarks/bench_autoformer_etth1.py --horizons 192 336 720 \
         --seeds 0 1 2 -- --threads 1
 (flags after `--` go to autoformer_decomp.py; --threads 1 because the CPU is shared)
 Table only (no training):  python benchmarks/bench_autoformer_etth1.py --summary-only

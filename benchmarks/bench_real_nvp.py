@@ -1,7 +1,7 @@
 """Benchmarks for real_nvp.py: training throughput and the bits/dim-vs-wall-time curve.
 
   # images/s for training at the default batch (64) and model, and images/s for evaluation
-  flock /tmp/heavy.lock python benchmarks/bench_real_nvp.py throughput --device cpu
+  python benchmarks/bench_real_nvp.py throughput --device cpu
   # the test-bits/dim-vs-wall-time curve of a run (table on stdout + PNG beside the log)
   python benchmarks/bench_real_nvp.py curve outputs/real_nvp/<run>/log.jsonl
 

@@ -7,9 +7,9 @@ Each (setting, seed) is one `python seq2seq_etth.py ...` run in
 to <out>/bench_seq2seq_etth/summary.json and summary.md.
 
 Commands (CPU jobs: take the shared lock on a shared machine):
-    flock /tmp/heavy.lock python benchmarks/bench_seq2seq_etth.py --settings M96 M96-in --seeds 0
-    flock /tmp/heavy.lock python benchmarks/bench_seq2seq_etth.py --settings M24 M24-in S24 S24-in
-    flock /tmp/heavy.lock python benchmarks/bench_seq2seq_etth.py --settings all --seeds 0 1 2
+    python benchmarks/bench_seq2seq_etth.py --settings M96 M96-in --seeds 0
+    python benchmarks/bench_seq2seq_etth.py --settings M24 M24-in S24 S24-in
+    python benchmarks/bench_seq2seq_etth.py --settings all --seeds 0 1 2
     python benchmarks/bench_seq2seq_etth.py --summarize-only       # table from existing runs
 Quick check of the runner itself (seconds per run, meaningless numbers):
     python benchmarks/bench_seq2seq_etth.py --settings M24 --seeds 0 --out /tmp/bench \\
