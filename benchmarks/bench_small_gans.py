@@ -1,7 +1,7 @@
 """Benchmark of the two small GANs: gan_1d_normal.py in all five discriminator-input modes and
 gan_curve_painter.py, each over 3 seeds at their default sizes, against the targets of issue 6.
 
-    flock /tmp/heavy.lock python benchmarks/bench_small_gans.py            # full: 18 runs
+    python benchmarks/bench_small_gans.py                                 # full: 18 runs
     python benchmarks/bench_small_gans.py --summarize-only --run-name NAME   # tables from finished runs
     python benchmarks/bench_small_gans.py --epochs 20 --steps 200 --run-name quick   # plumbing check
 
