@@ -16,8 +16,8 @@ no-op < 1 s; memory flat.
 
 Both copies move the same 9 columns (the benchmark config protects and excludes nothing).
 
-Full (heavy: hold the shared lock):
-    flock /tmp/heavy.lock timeout 1200 python benchmarks/bench_mysql_sync.py
+Full (about 1-3 minutes on a 2-core machine, depending on its load):
+    python benchmarks/bench_mysql_sync.py
 Quick smoke run (seconds):
     python benchmarks/bench_mysql_sync.py --rows 20000
 Writes outputs/bench_mysql_sync/<run-name>/metrics.json and prints the same JSON.
