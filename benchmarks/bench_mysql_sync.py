@@ -43,20 +43,7 @@ import mariadb_harness as mh  # noqa: E402
 SYNC = REPO_ROOT / "mysql_sync" / "sync.py"
 PW_ENV = "BENCH_MYSQL_SYNC_PASSWORD"
 
-SOURCE_DDL = """
-CREATE TABLE Table1 (
-  id INT AUTO_INCREMENT PRIMARY KEY,
-  PackCode VARCHAR(64) NULL,
-  parentcode VARCHAR(64) NULL,
-  CreatedDate DATETIME(6) NULL,
-  product VARCHAR(200) NULL,
-  weight DECIMAL(10,3) NULL,
-  chuku VARCHAR(16) NULL,
-  jxs VARCHAR(64) NULL,
-  cky VARCHAR(64) NULL,
-  KEY ix_created (CreatedDate, PackCode)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
-"""
+SOURCE_DDL = mh.SOURCE_DDL
 
 # Server-side generation from MariaDB's sequence engine: fast and reproducible. Rows are 0.5 s
 # apart (1M rows span ~5.8 days), so a 10-minute lookback re-reads ~1200 rows.

@@ -183,3 +183,21 @@ def start_servers(
     for server in servers.values():
         atexit.register(server.stop)  # safety net if the caller never reaches its own stop()
     return servers
+
+
+# The line table the tests and benchmarks/bench_mysql_sync.py fill: the operators' Table1
+# with the outbound columns the cloud owns (chuku, jxs, cky).
+SOURCE_DDL = """
+CREATE TABLE Table1 (
+  id INT AUTO_INCREMENT PRIMARY KEY,
+  PackCode VARCHAR(64) NULL,
+  parentcode VARCHAR(64) NULL,
+  CreatedDate DATETIME(6) NULL,
+  product VARCHAR(200) NULL,
+  weight DECIMAL(10,3) NULL,
+  chuku VARCHAR(16) NULL,
+  jxs VARCHAR(64) NULL,
+  cky VARCHAR(64) NULL,
+  KEY ix_created (CreatedDate, PackCode)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+"""

@@ -27,20 +27,7 @@ SYNC_PATH = REPO_ROOT / "mysql_sync" / "sync.py"
 SQL_DIR = REPO_ROOT / "mysql_sync" / "sql"
 PW_ENV = "MYSQL_SYNC_TEST_PASSWORD"  # root on the throwaway servers has an empty password
 
-SOURCE_DDL = """
-CREATE TABLE Table1 (
-  id INT AUTO_INCREMENT PRIMARY KEY,
-  PackCode VARCHAR(64) NULL,
-  parentcode VARCHAR(64) NULL,
-  CreatedDate DATETIME(6) NULL,
-  product VARCHAR(200) NULL,
-  weight DECIMAL(10,3) NULL,
-  chuku VARCHAR(16) NULL,
-  jxs VARCHAR(64) NULL,
-  cky VARCHAR(64) NULL,
-  KEY ix_created (CreatedDate, PackCode)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
-"""
+SOURCE_DDL = mh.SOURCE_DDL
 COPIED = ["PackCode", "parentcode", "CreatedDate", "product", "weight"]
 PROTECTED = ["chuku", "jxs", "cky"]
 
