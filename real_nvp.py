@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epochs",
         type=int,
-        default=6,
-        help="image datasets: passes over the data (6 x 937 steps: about 2 h on a 2-core CPU)",
+        default=10,
+        help="image datasets: passes over the data (10 x 937 steps: under 2 h on a 2-core CPU "
+        "with AVX512-BF16)",
     )
     p.add_argument(
         "--steps",
@@ -116,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
         "on MNIST); default: the same width at every scale",
     )
     p.add_argument("--norm", default="act", choices=["act", "batch", "none"])
+    p.add_argument(
+        "--st-dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="precision of the s/t networks of image models (the flow maths stays float32); "
+        "auto: bfloat16 where the hardware computes it natively (CUDA with bf16, CPUs with "
+        "AVX512-BF16/AMX), else float32. Toys always use float32",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        default="cosine",
+        choices=["cosine", "constant"],
+        help="image datasets: cosine decay of the LR to 0 over the planned steps, or constant",
+    )
     p.add_argument("--scale-init", type=float, default=1.0, help="initial value of s = scale*tanh")
     p.add_argument("--logit-alpha", type=float, default=0.05, help="a in logit(a + (1-2a) x)")
     p.add_argument("--toy-couplings", type=int, default=8)
@@ -469,10 +484,17 @@ class AffineCoupling(nn.Module):
         # forever, and the flow trains as a volume-preserving (additive, NICE-like) one.
         shape = (1, mask.shape[1]) + (1,) * (mask.dim() - 2)
         self.scale = nn.Parameter(torch.full(shape, float(scale_init)))
+        # --st-bf16: run only the s/t network under bfloat16 autocast (about 2x faster convs on
+        # CPUs with AVX512-BF16 / on GPUs). The coupling arithmetic, log-det and prior stay in
+        # float32, and the inverse recomputes the same s, t from the same masked input, so the
+        # flow is still exactly invertible with an exact log-det; only the function class moves.
+        self.st_bf16 = False
 
     def _s_t(self, x_masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.mask.expand_as(x_masked)
-        raw_s, t = self.net(torch.cat([x_masked, b], 1)).chunk(2, 1)
+        with torch.autocast(x_masked.device.type, torch.bfloat16, enabled=self.st_bf16):
+            out = self.net(torch.cat([x_masked, b], 1))
+        raw_s, t = out.float().chunk(2, 1)
         keep = 1 - self.mask  # s and t only act on the dimensions that are transformed
         return self.scale * torch.tanh(raw_s) * keep, t * keep
 
@@ -776,16 +798,46 @@ class ToyRealNVP(nn.Module):
 
 def build_model(args: argparse.Namespace) -> nn.Module:
     if args.dataset in TOY_DATASETS:
-        return ToyRealNVP(args.toy_couplings, args.toy_hidden, args.norm, args.scale_init)
-    return RealNVP(
-        IMAGE_SHAPES[args.dataset],
-        args.num_scales,
-        args.channels,
-        args.res_blocks,
-        args.norm,
-        args.scale_init,
-        getattr(args, "double_channels", False),
-    )
+        model = ToyRealNVP(args.toy_couplings, args.toy_hidden, args.norm, args.scale_init)
+    else:
+        model = RealNVP(
+            IMAGE_SHAPES[args.dataset],
+            args.num_scales,
+            args.channels,
+            args.res_blocks,
+            args.norm,
+            args.scale_init,
+            getattr(args, "double_channels", False),
+        )
+    set_st_bf16(model, st_uses_bf16(args))
+    return model
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def st_uses_bf16(args) -> bool:
+    """Resolve --st-dtype. bf16 without native support is emulated and slower than float32."""
+    choice = getattr(args, "st_dtype", "float32")
+    if args.dataset in TOY_DATASETS or choice == "float32":
+        return False
+    if choice == "bfloat16":
+        return True
+    kind = pick_device(args.device).type
+    if kind == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return kind == "cpu" and cpu_has_native_bf16()
+
+
+def set_st_bf16(model: nn.Module, enabled: bool) -> None:
+    for m in model.modules():
+        if isinstance(m, AffineCoupling):
+            m.st_bf16 = enabled
 
 
 def log_prob(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -1124,6 +1176,14 @@ def train_images(args, ctx: Dist, run_dir: Path | None, log: RunLog) -> dict:
     )
     steps_per_epoch = len(sampler) // per_rank
     D = model.num_dims
+    scheduler = None
+    if args.lr_schedule == "cosine":
+        planned = args.epochs * steps_per_epoch
+        planned = min(planned, args.steps) if args.steps else planned
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(planned, 1))
+        if args.resume and ckpt.get("scheduler"):
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scheduler.T_max = max(planned, 1)  # a resumed run may plan more epochs
 
     def bn_batches(n: int):
         g = torch.Generator(device=device).manual_seed(args.seed + 777 + ctx.rank)
@@ -1166,6 +1226,8 @@ def train_images(args, ctx: Dist, run_dir: Path | None, log: RunLog) -> dict:
                 return bits_per_dim(image_log_prob(ddp_model, x, args.logit_alpha), D).mean()
 
             loss = train_step(ddp_model, model, optimizer, loss_fn, args, step, ctx)
+            if scheduler is not None:
+                scheduler.step()
             t_train += time.time() - t_step
             images_seen += per_rank * ctx.world
             step += 1
@@ -1217,7 +1279,7 @@ def train_images(args, ctx: Dist, run_dir: Path | None, log: RunLog) -> dict:
         )
         if ctx.is_main and run_dir is not None:
             state = {"epochs_done": epoch + 1, "step": step, "elapsed_s": elapsed}
-            save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, None, state, args)
+            save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, scheduler, state, args)
         if stop:
             break
     if math.isnan(test_bpd):  # resumed a finished run: still report its numbers
@@ -1234,6 +1296,8 @@ def train_images(args, ctx: Dist, run_dir: Path | None, log: RunLog) -> dict:
         "world_size": ctx.world,
         "norm": args.norm,
         "logit_alpha": args.logit_alpha,
+        "st_dtype": "bfloat16" if st_uses_bf16(args) else "float32",
+        "lr_schedule": args.lr_schedule,
     }
     if ctx.is_main and run_dir is not None:
         metrics.update(image_figures(model, test_u8, args, device, run_dir))
