@@ -224,9 +224,15 @@ def curve_metrics(curves: np.ndarray, x: np.ndarray, tol: float) -> dict[str, fl
         "a_ks_vs_uniform": float(
             stats.kstest(a, "uniform", args=(A_LOW, A_HIGH - A_LOW)).statistic
         ),
+        # where the generated a leaks out of [1, 2] (0 and 0 for real paintings)
+        "a_share_below_1": float((a < A_LOW).mean()),
+        "a_share_above_2": float((a > A_HIGH).mean()),
         # how far the paintings are from the parabola family at all (0 for real paintings)
         "fit_residual_rms": float(np.sqrt(np.mean(residual**2))),
     }
+
+
+D_PROBE_A = (0.8, 0.9, 1.0, 1.5, 2.0, 2.1, 2.2)
 
 
 @torch.no_grad()
@@ -239,6 +245,11 @@ def evaluate(
     metrics = curve_metrics(curves.cpu().numpy(), x.cpu().numpy(), args.tolerance)
     metrics["d_real"] = torch.sigmoid(D(real)).mean().item()
     metrics["d_fake"] = torch.sigmoid(D(curves)).mean().item()
+    # D along the parabola family a (x^2 + 1) - 1, inside and outside [1, 2]: shows whether D
+    # still tells the out-of-bounds paintings from the real ones at the end of training.
+    a_probe = torch.tensor(D_PROBE_A, device=device)[:, None]
+    d_probe = torch.sigmoid(D(a_probe * (x**2 + 1) - 1))[:, 0].tolist()
+    metrics["d_on_family"] = {f"{a:.2f}": d for a, d in zip(D_PROBE_A, d_probe, strict=True)}
     return metrics, curves.cpu().numpy()
 
 

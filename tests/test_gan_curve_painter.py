@@ -56,6 +56,12 @@ def test_curve_metrics_on_ideal_paintings():
     assert m["a_std"] == pytest.approx(1 / np.sqrt(12), rel=1e-5)
     assert m["a_ks_vs_uniform"] == pytest.approx(0.5 / n)
     assert m["fit_residual_rms"] == pytest.approx(0.0, abs=1e-12)
+    assert m["a_share_below_1"] == 0.0 and m["a_share_above_2"] == 0.0
+    leaky = p.curve_metrics(parabolas(np.array([0.9, 1.5, 1.5, 2.01, 2.2])), X, 0.05)
+    assert leaky["a_share_below_1"] == pytest.approx(0.2)
+    assert leaky["a_share_above_2"] == pytest.approx(0.4)
+    # a = 2.01 stays inside the tolerance band; a = 0.9 and 2.2 do not
+    assert leaky["curves_within_bounds"] == pytest.approx(0.6)
     # all curves at a = 1.2: KS = max distance of a step at 1.2 from U(1, 2)'s CDF = 0.8
     assert p.curve_metrics(parabolas(np.full(10, 1.2)), X, 0.05)[
         "a_ks_vs_uniform"
@@ -155,6 +161,9 @@ def test_smoke_run_and_resume(tmp_path, capsys):
     ):
         assert np.isfinite(metrics[key])
     assert 0.0 <= metrics["curves_within_bounds"] <= metrics["points_within_bounds"] <= 1.0
+    probe = metrics["d_on_family"]
+    assert list(probe) == [f"{a:.2f}" for a in p.D_PROBE_A]
+    assert all(0.0 < v < 1.0 for v in probe.values())
     assert sorted(f.name for f in (run_dir / "frames").iterdir()) == [
         "step_0000000.png",
         "step_0000020.png",
