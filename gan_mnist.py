@@ -115,6 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the notes' L1 term |G(z) - x| in G's loss (default: the preset's)",
     )
     p.add_argument(
+        "--d-dropout",
+        type=float,
+        default=0.0,
+        help="dropout after every hidden activation of D (Goodfellow et al. 2014, Sec. 5, "
+        "trained D with dropout); 0 disables it",
+    )
+    p.add_argument(
+        "--real-label",
+        type=float,
+        default=1.0,
+        help="D's target for real images; < 1 is one-sided label smoothing (Salimans et al. "
+        "2016, Sec. 3.4); fakes always get 0",
+    )
+    p.add_argument(
+        "--lr-decay",
+        choices=["none", "linear"],
+        default="none",
+        help="linear: both learning rates fall linearly to 0 over the planned --epochs",
+    )
+    p.add_argument(
         "--ema-decay",
         type=float,
         default=0.999,
@@ -133,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-samples", type=int, default=10000, help="generated samples per evaluation"
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default="float32",
+        help="compute dtype of G's and D's Linear layers in training (autocast; weights, "
+        "optimizer state, losses and evaluation stay float32). auto: bfloat16 where the "
+        "hardware has it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else float32",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -165,6 +193,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--batch-size must be >= 2 (BatchNorm needs more than one sample per batch)")
     if args.epochs < 1:
         parser.error("--epochs must be >= 1")
+    if not 0.0 <= args.d_dropout < 1.0:
+        parser.error("--d-dropout must be in [0, 1)")
+    if not 0.5 < args.real_label <= 1.0:
+        parser.error("--real-label must be in (0.5, 1] (0.5 or less tells D nothing)")
     if not 0.0 <= args.ema_decay < 1.0:
         parser.error("--ema-decay must be in [0, 1)")
     if args.recon_weight is not None and args.recon_weight < 0:
@@ -201,6 +233,39 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
+    """--precision -> the autocast dtype (None: plain float32). Emulated bf16 (CPUs without
+    native support) is slower than float32, so auto only picks it where it is native."""
+    if choice == "bfloat16":
+        return torch.bfloat16
+    if choice == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
+    return None
+
+
+def make_adam(module: nn.Module, cfg: dict) -> torch.optim.Adam:
+    """Adam with the preset's settings; the fused kernel (one pass over all parameters instead of
+    about ten multi-tensor ops) where this torch build has it for the device, else the default.
+    Same update rule either way; on a CPU fused Adam made the whole step ~1.3x faster."""
+    params = list(module.parameters())
+    kw = dict(lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    try:
+        return torch.optim.Adam(params, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, **kw)
 
 
 def seed_everything(seed: int) -> None:
@@ -319,8 +384,10 @@ def build_generator(preset: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def build_discriminator(preset: str) -> nn.Sequential:
-    """D outputs a logit; sigmoid(logit) is the paper's D(x), folded into the loss for stability."""
+def build_discriminator(preset: str, dropout: float = 0.0) -> nn.Sequential:
+    """D outputs a logit; sigmoid(logit) is the paper's D(x), folded into the loss for stability.
+
+    `dropout` > 0 adds Dropout after every hidden activation (the paper's D used dropout)."""
     if preset == "notes":
         widths, act = [784, 512, 256, 128, 64, 32], nn.GELU
     else:
@@ -328,6 +395,8 @@ def build_discriminator(preset: str) -> nn.Sequential:
     layers: list[nn.Module] = []
     for fan_in, fan_out in zip(widths[:-1], widths[1:]):
         layers += [nn.Linear(fan_in, fan_out), act()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(widths[-1], 1))
     return nn.Sequential(*layers)
 
@@ -345,8 +414,8 @@ def to_unit_range(x: torch.Tensor, preset: str) -> torch.Tensor:
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model, for weights and BatchNorm running statistics."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1.0 - decay)
+    # One multi-tensor kernel for all weights instead of a lerp per tensor.
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         if e.dtype.is_floating_point:
             e.lerp_(b, 1.0 - decay)
@@ -380,10 +449,18 @@ def sample(generator: nn.Module, z: torch.Tensor, bn_mode: str, chunk: int) -> t
 # --------------------------------------------------------------------------------------------
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+def discriminator_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0
+) -> torch.Tensor:
     """D ascends E[log D(x)] + E[log(1 - D(G(z)))] (Eq. 1 / Algorithm 1); we descend its negative.
-    With D = sigmoid(l): -log D = softplus(-l) and -log(1 - D) = softplus(l), stable for any l."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    With D = sigmoid(l): -log D = softplus(-l) and -log(1 - D) = softplus(l), stable for any l.
+
+    real_label s < 1 is one-sided label smoothing: the real term becomes the cross-entropy with
+    target s, -(s log D(x) + (1 - s) log(1 - D(x))); the fake target stays 0."""
+    real_term = F.softplus(-real_logits)
+    if real_label < 1.0:
+        real_term = real_label * real_term + (1.0 - real_label) * F.softplus(real_logits)
+    return real_term.mean() + F.softplus(fake_logits).mean()
 
 
 def generator_loss(fake_logits: torch.Tensor, form: str) -> torch.Tensor:
@@ -406,28 +483,43 @@ def train_step(
     ema: nn.Module | None = None,
     ema_decay: float = 0.0,
     step: int = 0,
+    real_label: float = 1.0,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
     """One iteration of Algorithm 1: k = len(real_batches) D updates, then one G update.
 
+    autocast_dtype (e.g. torch.bfloat16) runs the forward passes under autocast: the Linear
+    layers compute in that dtype, weights, optimizer state and losses stay float32.
     Returns detached scalars (no .item(): no device sync per step)."""
     batch = real_batches[-1].shape[0]
     device = real_batches[-1].device
+
+    def mixed_precision():
+        return torch.autocast(
+            device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+        )
+
     for i, real in enumerate(real_batches):
         z = torch.randn(batch, latent_dim, device=device)
         last = i == len(real_batches) - 1
         # The last D update's fake batch is reused for the G update (graph kept), saving one G
         # forward pass; the paper samples fresh noise, which is the same in distribution.
-        with torch.set_grad_enabled(last):
+        with torch.set_grad_enabled(last), mixed_precision():
             fake = generator(z)
-        real_logits = discriminator(real)
-        fake_logits = discriminator(fake.detach())
-        d_loss = discriminator_loss(real_logits, fake_logits)
+        # D scores real and fake in one pass: D has no BatchNorm, so each row's logit is the
+        # same as in two separate passes, at one set of larger (faster) matrix products.
+        with mixed_precision():
+            logits = discriminator(torch.cat([real, fake.detach().to(real.dtype)])).float()
+        real_logits, fake_logits = logits[:batch], logits[batch:]
+        d_loss = discriminator_loss(real_logits, fake_logits, real_label)
         d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         d_opt.step()
 
     # G update: descend the generator loss through the just-updated D.
-    fake_logits_g = discriminator(fake)
+    with mixed_precision():
+        fake_logits_g = discriminator(fake).float()
+    fake = fake.float()
     adv = generator_loss(fake_logits_g, g_loss_form)
     # The notes' L1 "reconstruction" term pulls G(z) towards an unpaired real batch x.
     recon = (fake - real_batches[-1]).abs().mean()
@@ -788,6 +880,13 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
             f"error: --batch-size {cfg['batch_size']} x --d-steps {cfg['d_steps']} is larger than "
             f"the {n_train} training images"
         )
+    # Checkpoints written before these flags existed trained without them.
+    for key, old_default in (
+        ("d_dropout", 0.0), ("real_label", 1.0), ("lr_decay", "none"), ("precision", "float32"),
+    ):  # fmt: skip
+        cfg.setdefault(key, old_default)
+    autocast_dtype = resolve_precision(cfg["precision"], device)
+    cfg["autocast_dtype"] = str(autocast_dtype).replace("torch.", "") if autocast_dtype else None
     cfg["device_used"] = str(device)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -799,10 +898,8 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
     train_x = to_model_range(images_to_tensor(mnist["train_images"], device), cfg["preset"])
 
     g = build_generator(cfg["preset"]).to(device)
-    d = build_discriminator(cfg["preset"]).to(device)
-    opt_kw = dict(lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
-    g_opt = torch.optim.Adam(g.parameters(), **opt_kw)
-    d_opt = torch.optim.Adam(d.parameters(), **opt_kw)
+    d = build_discriminator(cfg["preset"], cfg["d_dropout"]).to(device)
+    g_opt, d_opt = make_adam(g, cfg), make_adam(d, cfg)
     ema = copy.deepcopy(g).requires_grad_(False) if cfg["ema_decay"] > 0 else None
     fixed_z = torch.randn(
         64, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"] + 1)
@@ -811,8 +908,13 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
     if ckpt is not None:
         g.load_state_dict(ckpt["generator"])
         d.load_state_dict(ckpt["discriminator"])
-        g_opt.load_state_dict(ckpt["g_opt"])
-        d_opt.load_state_dict(ckpt["d_opt"])
+        for opt, key in ((g_opt, "g_opt"), (d_opt, "d_opt")):
+            # The saved param groups carry the implementation flags of the machine that wrote
+            # them (fused / foreach); keep the ones chosen for this machine.
+            impl = {f: opt.param_groups[0].get(f) for f in ("fused", "foreach")}
+            opt.load_state_dict(ckpt[key])
+            for group in opt.param_groups:
+                group.update(impl)
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
         torch.set_rng_state(ckpt["rng"]["torch"])
@@ -860,13 +962,21 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
             disable=not sys.stderr.isatty(),
         )
         for i in bar:
+            if cfg["lr_decay"] == "linear":
+                # lr_t = lr * (1 - t / T) over the planned T steps, from the step count so that a
+                # resumed run continues the same schedule.
+                lr_now = cfg["lr"] * (1.0 - step / (cfg["epochs"] * steps_per_epoch))
+                for opt in (g_opt, d_opt):
+                    for group in opt.param_groups:
+                        group["lr"] = lr_now
             first = i * k * batch
             real_batches = [
                 train_x[perm[first + j * batch : first + (j + 1) * batch]] for j in range(k)
             ]
             stats = train_step(
                 g, d, g_opt, d_opt, real_batches, cfg["latent_dim"], cfg["g_loss"],
-                cfg["recon_weight"], ema, cfg["ema_decay"], step,
+                cfg["recon_weight"], ema, cfg["ema_decay"], step, cfg["real_label"],
+                autocast_dtype,
             )  # fmt: skip
             step += 1
             steps_this_run += 1

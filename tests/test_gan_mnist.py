@@ -159,6 +159,74 @@ def test_train_step_does_k_d_updates_per_g_update():
     assert 0 < stats["d_real"].item() < 1 and stats["recon"].item() > 0
 
 
+def test_one_sided_label_smoothing_is_bce_with_target_s():
+    real, fake = torch.randn(32, 1), torch.randn(32, 1)
+    expected = F.binary_cross_entropy_with_logits(
+        real, torch.full_like(real, 0.9)
+    ) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+    torch.testing.assert_close(gm.discriminator_loss(real, fake, real_label=0.9), expected)
+    assert not torch.allclose(gm.discriminator_loss(real, fake), expected)
+
+
+def test_train_step_d_loss_equals_separate_real_and_fake_passes():
+    """D scores [real; fake] in one pass; the loss must be what two separate passes give."""
+    torch.manual_seed(0)
+    g, d = gm.build_generator("notes"), gm.build_discriminator("notes")
+    d_before = gm.copy.deepcopy(d)
+    g_opt, d_opt = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    real = torch.rand(16, 784)
+    g_ref = gm.copy.deepcopy(g)
+    torch.manual_seed(1)
+    stats = gm.train_step(g, d, g_opt, d_opt, [real], 96)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        fake = g_ref(torch.randn(16, 96))
+        expected = gm.discriminator_loss(d_before(real), d_before(fake))
+    torch.testing.assert_close(stats["d_loss"], expected)
+    torch.testing.assert_close(stats["d_real"], torch.sigmoid(d_before(real)).mean())
+
+
+def test_train_step_bfloat16_autocast_keeps_float32_state():
+    torch.manual_seed(0)
+    g, d = gm.build_generator("notes"), gm.build_discriminator("notes", dropout=0.3)
+    cfg = dict(lr=3e-4, betas=(0.4, 0.8), weight_decay=1e-4)
+    g_opt, d_opt = gm.make_adam(g, cfg), gm.make_adam(d, cfg)
+    stats = gm.train_step(
+        g, d, g_opt, d_opt, [torch.rand(16, 784)], 96, recon_weight=0.05,
+        autocast_dtype=torch.bfloat16,
+    )  # fmt: skip
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in stats.values())
+    assert all(p.dtype == torch.float32 for p in [*g.parameters(), *d.parameters()])
+    assert sum(isinstance(m, torch.nn.Dropout) for m in d) == 5  # after each hidden layer
+
+
+def test_make_adam_updates_like_plain_adam():
+    cfg = dict(lr=1e-2, betas=(0.4, 0.8), weight_decay=1e-4)
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    opt_a = gm.make_adam(a, cfg)
+    opt_b = torch.optim.Adam(b.parameters(), lr=1e-2, betas=(0.4, 0.8), weight_decay=1e-4)
+    for _ in range(5):
+        x = torch.randn(16, 8)
+        for net, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb)
+
+
+def test_resolve_precision(monkeypatch):
+    cpu = torch.device("cpu")
+    assert gm.resolve_precision("float32", cpu) is None
+    assert gm.resolve_precision("bfloat16", cpu) is torch.bfloat16
+    monkeypatch.setattr(gm, "cpu_has_native_bf16", lambda: False)
+    assert gm.resolve_precision("auto", cpu) is None  # emulated bf16 would be slower
+    monkeypatch.setattr(gm, "cpu_has_native_bf16", lambda: True)
+    assert gm.resolve_precision("auto", cpu) is torch.bfloat16
+
+
 # ---------------------------------------------------------------------------- evaluation maths
 
 
@@ -225,6 +293,8 @@ def test_classifier_cache_is_reused_and_invalidated(mnist_root, monkeypatch, cap
         (["--batch-size", "1"], "--batch-size must be >= 2"),
         (["--ema-decay", "1.0"], "--ema-decay"),
         (["--threads", "0"], "--threads must be >= 1"),
+        (["--d-dropout", "1.0"], "--d-dropout must be in [0, 1)"),
+        (["--real-label", "0.5"], "--real-label must be in (0.5, 1]"),
         (["--generate", "5"], "--generate needs --checkpoint"),
         (["--samples-out", "x.npy"], "only used with --generate"),
         (["--resume", "/nonexistent/checkpoint.pt"], "does not exist"),
@@ -278,12 +348,14 @@ def test_smoke_run_writes_everything_and_generates(mnist_root, tmp_path):
     proc = run_script(
         "gan_mnist.py", "--data-root", mnist_root, "--out", out, "--run-name", "smoke", "--epochs", "2",
         "--eval-every", "1", "--eval-samples", "100", "--sample-every", "5", "--log-every", "3",
-        "--preset", "classic", "--d-steps", "2",
+        "--preset", "classic", "--d-steps", "2", "--lr-decay", "linear", "--precision", "bfloat16",
+        "--d-dropout", "0.2", "--real-label", "0.9",
     )  # fmt: skip
     assert "FID" in proc.stdout and "steps/s" in proc.stdout
     run = out / "gan_mnist" / "smoke"
     config = json.loads((run / "config.json").read_text())
     assert config["preset"] == "classic" and config["steps_per_epoch"] == 512 // (64 * 2)
+    assert config["autocast_dtype"] == "bfloat16" and config["d_dropout"] == 0.2
     metrics = json.loads((run / "metrics.json").read_text())
     final = metrics["final"]
     assert metrics["steps"] == 8 and [e["epoch"] for e in metrics["evals"]] == [1, 2]
@@ -296,7 +368,11 @@ def test_smoke_run_writes_everything_and_generates(mnist_root, tmp_path):
     assert grids == ["step_0000004.png", "step_0000005.png", "step_0000008.png"]
     for png in [*(run / "samples").glob("*.png"), run / "samples_final.png", run / "losses.png"]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 2
+    # Linear decay: the last of the 8 steps ran at lr * (1 - 7/8).
+    for key in ("g_opt", "d_opt"):
+        assert ckpt[key]["param_groups"][0]["lr"] == pytest.approx(2e-4 / 8)
     assert not list(run.glob("*.tmp"))
 
     npy = tmp_path / "gen.npy"
