@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="cap on training batches per epoch (0: all); for quick checks",
     )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default="float32",
+        help="training compute dtype (autocast: matmuls in bf16; weights, optimizer, loss, FFTs "
+        "and evaluation stay float32). auto: bfloat16 where the hardware has it natively "
+        "(CUDA with bf16, CPUs with AVX512-BF16/AMX), else float32",
+    )
     p.add_argument("--eval-batch-size", type=int, default=256)
     p.add_argument("--log-every", type=int, default=50, help="steps between plain log lines")
     # Decomposition figures.
@@ -187,6 +195,27 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
+    """--precision -> the training autocast dtype (None: plain float32). Emulated bf16 (CPUs
+    without native support) is slower than float32, so auto only picks it where it is native."""
+    if choice == "bfloat16":
+        return torch.bfloat16
+    if choice == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
+    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -273,6 +302,10 @@ def mean_autocorrelation(q: torch.Tensor, k: torch.Tensor, groups: int) -> torch
     inverse FFT is linear, averaging the spectra over channels BEFORE the inverse transform gives
     the same mean correlation with one inverse FFT per group instead of one per channel."""
     length = q.shape[1]
+    # FFTs in float32 even under bf16 autocast: correlations of 96-step series summed in bf16
+    # would lose the small differences between delays that the top-k choice depends on.
+    if q.dtype in (torch.bfloat16, torch.float16):
+        q, k = q.float(), k.float()
     q_freq = torch.fft.rfft(q, dim=1)
     k_freq = torch.fft.rfft(k, dim=1)
     cross = q_freq * torch.conj(k_freq)  # [B, L//2+1, D]
@@ -668,8 +701,10 @@ def plot_test_window(x, true, pred, seasonal, trend, channel: int, name: str, in
 # --------------------------------------------------------------------------------------------
 
 
-def train_epoch(model, optimizer, windows, out_channels, label_len, args, device, epoch) -> dict:
-    """One pass over the shuffled training windows; returns the mean loss and timings."""
+def train_epoch(model, optimizer, windows, out_channels, label_len, args, device, epoch,
+                autocast_dtype: torch.dtype | None = None) -> dict:  # fmt: skip
+    """One pass over the shuffled training windows; returns the mean loss and timings.
+    autocast_dtype (e.g. torch.bfloat16) runs the forward pass under autocast."""
     model.train()
     x, y, x_mark, y_mark = windows
     n = len(x)
@@ -684,8 +719,10 @@ def train_epoch(model, optimizer, windows, out_channels, label_len, args, device
         idx = order[step * args.batch_size : (step + 1) * args.batch_size]
         xb, x_mb, y_mb = x[idx].to(device), x_mark[idx].to(device), y_mark[idx].to(device)
         target = y[idx][:, label_len:, out_channels].to(device)
-        pred = model(xb, x_mb, y_mb)[..., out_channels]
-        loss = F.mse_loss(pred, target)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                            enabled=autocast_dtype is not None):  # fmt: skip
+            pred = model(xb, x_mb, y_mb)[..., out_channels]
+        loss = F.mse_loss(pred.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -710,6 +747,8 @@ def main(argv: list[str] | None = None) -> None:
         for key, value in saved["args"].items():
             if key not in ("resume", "epochs", "device", "threads", "log_every", "eval_batch_size"):
                 setattr(args, key, value)
+        if "precision" not in saved["args"]:
+            args.precision = "float32"  # saved before --precision existed
         run_dir = Path(args.resume).resolve().parent
     else:
         run_dir = Path(args.out) / Path(__file__).stem / args.run_name
@@ -732,6 +771,8 @@ def main(argv: list[str] | None = None) -> None:
     out = data.out_channels
     c_in, n_marks = data.train.values.shape[1], data.train.marks.shape[1]
     model = Autoformer(c_in, n_marks, args).to(device)
+    # Runs saved before --precision existed trained in float32.
+    autocast_dtype = resolve_precision(getattr(args, "precision", "float32"), device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     # The paper's code ('type1') sets lr * 0.5 ** (e - 1) after epoch e (1-based) for the next
     # epoch, so epochs 1 and 2 both run at the initial rate and every later epoch halves it.
@@ -749,6 +790,8 @@ def main(argv: list[str] | None = None) -> None:
             "top_k": {"encoder": top_k_for(args.seq_len, args.factor),
                       "decoder": top_k_for(args.label_len + args.horizon, args.factor)},
             "threads": torch.get_num_threads(),
+            "autocast_dtype": str(autocast_dtype).replace("torch.", "") if autocast_dtype
+            else None,
         },
     }  # fmt: skip
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
@@ -778,7 +821,7 @@ def main(argv: list[str] | None = None) -> None:
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "lr": lr}
         row.update(train_epoch(model, optimizer, splits["train"], out, args.label_len, args,
-                               device, epoch))  # fmt: skip
+                               device, epoch, autocast_dtype))  # fmt: skip
         t0 = time.perf_counter()
         (val_pred,) = predict(model, splits["val"], device, args.eval_batch_size)
         val = score(val_pred[..., out], splits["val"][1][:, args.label_len :, out])

@@ -139,9 +139,11 @@ def bench_autocorrelation(args) -> dict:
                       "top_k": top_k}, "results": results}  # fmt: skip
 
 
-def bench_epoch(args) -> dict:
-    """Seconds for one training epoch of the cpu-preset model (train_epoch: steps only)."""
+def bench_epoch(args, precision: str = "float32") -> dict:
+    """Seconds for one training epoch of the cpu-preset model (train_epoch: steps only), with
+    the script's --precision (float32, or bfloat16 autocast of the forward pass)."""
     argv = ["--preset", "cpu", "--horizon", "96", "--data-root", args.data_root]
+    argv += ["--precision", precision]
     if args.epoch_steps:
         argv += ["--max-steps-per-epoch", str(args.epoch_steps)]
     cfg = af.parse_args(argv)
@@ -161,15 +163,19 @@ def bench_epoch(args) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     warm = af.parse_args([*argv, "--max-steps-per-epoch", "3"])
     warm.log_every = 10**9
-    af.train_epoch(model, optimizer, windows, data.out_channels, cfg.label_len, warm, "cpu", 0)
+    cpu = torch.device("cpu")
+    autocast_dtype = af.resolve_precision(precision, cpu)
+    af.train_epoch(model, optimizer, windows, data.out_channels, cfg.label_len, warm, cpu, 0,
+                   autocast_dtype)  # fmt: skip
     stats = af.train_epoch(model, optimizer, windows, data.out_channels, cfg.label_len, cfg,
-                           torch.device("cpu"), 1)  # fmt: skip
+                           cpu, 1, autocast_dtype)  # fmt: skip
     per_step = stats["train_seconds"] / stats["train_steps"]
     full_steps = -(-len(windows[0]) // cfg.batch_size)
-    result = {"steps_timed": stats["train_steps"], "seconds_per_step": per_step,
+    result = {"precision": precision, "steps_timed": stats["train_steps"],
+              "seconds_per_step": per_step,
               "steps_per_epoch": full_steps, "seconds_per_epoch": per_step * full_steps,
               "measured_full_epoch": stats["train_steps"] == full_steps}  # fmt: skip
-    print(f"cpu preset training: {per_step:.3f} s/step, {result['seconds_per_epoch']:.1f} s per "
+    print(f"cpu preset training ({precision}): {per_step:.3f} s/step, {result['seconds_per_epoch']:.1f} s per "
           f"epoch of {full_steps} steps ({stats['train_steps']} steps timed)")  # fmt: skip
     return result
 
@@ -273,6 +279,9 @@ def main() -> None:
     p.add_argument("--skip-epoch", action="store_true")
     p.add_argument("--epoch-threads", type=int, nargs="+", default=[0],
                    help="thread counts for the epoch timing (0: as --threads)")  # fmt: skip
+    p.add_argument("--epoch-precision", nargs="+", default=["float32"],
+                   choices=["float32", "bfloat16", "auto"],
+                   help="autoformer_decomp.py --precision values to time the epoch with")  # fmt: skip
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--data-root", default=str(REPO / "data"))
     p.add_argument(
@@ -299,7 +308,9 @@ def main() -> None:
         for threads in args.epoch_threads:  # on a shared CPU, 1 thread can beat 2
             torch.set_num_threads(threads or default_threads)
             print(f"training-epoch timing with {torch.get_num_threads()} thread(s):")
-            report["epoch"][torch.get_num_threads()] = bench_epoch(args)
+            report["epoch"][torch.get_num_threads()] = {
+                precision: bench_epoch(args, precision) for precision in args.epoch_precision
+            }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

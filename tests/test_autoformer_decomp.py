@@ -195,6 +195,38 @@ def test_model_forward_backward(features, c_in, out):
         assert p.grad.abs().sum() > 0, name
 
 
+def test_bfloat16_autocast_training_step_and_float32_correlation():
+    """Under bf16 autocast the matmuls run in bf16, but the FFT correlation stays float32 (and
+    equals the float32 one), gradients reach every parameter and stay float32."""
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 24, 8), torch.randn(2, 24, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        corr = af.mean_autocorrelation(q.bfloat16(), k.bfloat16(), groups=2)
+    assert corr.dtype == torch.float32
+    torch.testing.assert_close(
+        corr, af.mean_autocorrelation(q.bfloat16().float(), k.bfloat16().float(), 2)
+    )
+    model = af.Autoformer(7, 4, tiny_args())
+    x, x_mark, y_mark = torch.randn(3, 24, 7), torch.randn(3, 24, 4), torch.randn(3, 24, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        forecast = model(x, x_mark, y_mark)
+    assert forecast.shape == (3, 12, 7)
+    forecast.float().pow(2).mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32, name
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_resolve_precision(monkeypatch):
+    cpu = torch.device("cpu")
+    assert af.resolve_precision("float32", cpu) is None
+    assert af.resolve_precision("bfloat16", cpu) is torch.bfloat16
+    monkeypatch.setattr(af, "cpu_has_native_bf16", lambda: False)
+    assert af.resolve_precision("auto", cpu) is None
+    monkeypatch.setattr(af, "cpu_has_native_bf16", lambda: True)
+    assert af.resolve_precision("auto", cpu) is torch.bfloat16
+
+
 def test_decoder_trend_starts_from_input_mean():
     # With every trend projection zeroed, the trend part of the forecast is the decoder's trend
     # input: the input's mean over the placeholder steps (Sec. 3.1).
@@ -240,7 +272,7 @@ SMOKE = ["--d-model", "16", "--d-ff", "32", "--n-heads", "2", "--horizon", "24",
 def test_smoke_run_and_resume(tiny_ett_root, tmp_path):
     out = tmp_path / "out"
     common = [*SMOKE, "--data-root", tiny_ett_root, "--out", out, "--run-name", "r"]
-    proc = run_script("autoformer_decomp.py", *common, "--epochs", "1")
+    proc = run_script("autoformer_decomp.py", *common, "--epochs", "1", "--precision", "bfloat16")
     assert "epoch 1 step 3/3" in proc.stdout  # plain progress lines without a TTY
     run = out / "autoformer_decomp" / "r"
     for name in ("config.json", "metrics.json", "log.jsonl", "checkpoint.pt", "pred.npy",
@@ -258,6 +290,7 @@ def test_smoke_run_and_resume(tiny_ett_root, tmp_path):
         "encoder": 13,
         "decoder": 12,
     }  # floor(3 ln 96), floor(3 ln 72)
+    assert config["derived"]["autocast_dtype"] == "bfloat16"
 
     # --resume continues the same run folder from epoch 2.
     run_script("autoformer_decomp.py", "--resume", run / "checkpoint.pt", "--epochs", "2",
