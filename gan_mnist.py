@@ -23,6 +23,11 @@ in <data-root>/cache/mnist_classifier.pt): FID between generated samples and the
 in the classifier's 128-d penultimate feature space (with the train-vs-test FID as the floor),
 the classifier Inception Score (max 10), and the fraction of samples per predicted digit.
 
+Speed on a CPU: MNIST sits in one tensor (batches by index, no per-sample PIL transforms), D
+scores real and fake in one pass, Adam is the fused kernel, and with --precision auto the Linear
+layers run in bfloat16 where the CPU/GPU has it natively (weights, optimizer and losses stay
+float32). Sampling uses an EMA of G's weights with per-batch BatchNorm statistics.
+
 Full run:   python gan_mnist.py
 Quick run:  python gan_mnist.py --epochs 1 --eval-samples 2000
 Quality at epochs 1, 5, ...:  python gan_mnist.py --eval-every 1
@@ -156,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         choices=["auto", "float32", "bfloat16"],
-        default="float32",
+        default="auto",
         help="compute dtype of G's and D's Linear layers in training (autocast; weights, "
         "optimizer state, losses and evaluation stay float32). auto: bfloat16 where the "
         "hardware has it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else float32",
