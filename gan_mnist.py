@@ -28,7 +28,8 @@ scores real and fake in one pass, Adam is the fused kernel, and with --precision
 layers run in bfloat16 where the CPU/GPU has it natively (weights, optimizer and losses stay
 float32). Sampling uses an EMA of G's weights with per-batch BatchNorm statistics.
 
-Full run:   python gan_mnist.py
+Full run:   python gan_mnist.py     # notes preset, 30 epochs, LR falling linearly to 0 (~10 min on
+                                    # a quiet 2-core CPU with AVX512-BF16)
 Quick run:  python gan_mnist.py --epochs 1 --eval-samples 2000
 Quality at epochs 1, 5, ...:  python gan_mnist.py --eval-every 1
 Generate:   python gan_mnist.py --generate 1000 --checkpoint outputs/gan_mnist/RUN/checkpoint.pt \
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="notes")
-    p.add_argument("--epochs", type=int, default=10, help="passes of D over the training set")
+    p.add_argument("--epochs", type=int, default=30, help="passes of D over the training set")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
         "--d-steps", type=int, default=1, help="k of Algorithm 1: D updates per G update"
@@ -136,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lr-decay",
         choices=["none", "linear"],
-        default="none",
-        help="linear: both learning rates fall linearly to 0 over the planned --epochs",
+        default="linear",
+        help="linear: both learning rates fall linearly to 0 over the planned --epochs (a "
+        "resumed run plans over the --epochs given on its command line)",
     )
     p.add_argument(
         "--ema-decay",
