@@ -16,7 +16,8 @@ Data: the ETT benchmark protocol of seq2seq_etth.py (imported, not copied): stan
 (12/4/4 months), scaler fitted on train rows, every test window scored, MSE/MAE on the
 normalised scale. Input 96, label 48, horizon 96/192/336/720, features M|S|MS.
 
-Full run (cpu preset, horizon 96, all 7 channels):  python autoformer_decomp.py
+Full run (cpu preset, horizon 96, all 7 channels; bf16 matmuls in training where the hardware
+has them natively, --precision float32 to turn that off):  python autoformer_decomp.py
 Paper-size model:                                   python autoformer_decomp.py --preset paper
 Decomposition figures only:                         python autoformer_decomp.py --decompose-only
 Quick check (seconds):  python autoformer_decomp.py --epochs 1 --max-steps-per-epoch 5 \
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         choices=["auto", "float32", "bfloat16"],
-        default="float32",
+        default="auto",
         help="training compute dtype (autocast: matmuls in bf16; weights, optimizer, loss, FFTs "
         "and evaluation stay float32). auto: bfloat16 where the hardware has it natively "
         "(CUDA with bf16, CPUs with AVX512-BF16/AMX), else float32",
