@@ -772,8 +772,7 @@ def main(argv: list[str] | None = None) -> None:
     out = data.out_channels
     c_in, n_marks = data.train.values.shape[1], data.train.marks.shape[1]
     model = Autoformer(c_in, n_marks, args).to(device)
-    # Runs saved before --precision existed trained in float32.
-    autocast_dtype = resolve_precision(getattr(args, "precision", "float32"), device)
+    autocast_dtype = resolve_precision(args.precision, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     # The paper's code ('type1') sets lr * 0.5 ** (e - 1) after epoch e (1-based) for the next
     # epoch, so epochs 1 and 2 both run at the initial rate and every later epoch halves it.

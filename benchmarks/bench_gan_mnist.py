@@ -128,8 +128,9 @@ def main() -> None:
 
         return step
 
+    script_nets = models(True)
     pipelines = {
-        "script": (script_like(models(True), autocast_dtype), tensor_batches()),
+        "script": (script_like(script_nets, autocast_dtype), tensor_batches()),
         "tensor": (script_like(models(False), None), tensor_batches()),
         "notes": (notes_like(models(False)), loader_batches()),
     }
@@ -177,9 +178,7 @@ def main() -> None:
         "batch_size": batch,
         "preset": preset,
         "script_autocast_dtype": str(autocast_dtype) if autocast_dtype else "float32",
-        "script_adam_fused": bool(
-            gm.make_adam(torch.nn.Linear(1, 1).to(device), cfg).param_groups[0].get("fused")
-        ),  # fmt: skip
+        "script_adam_fused": bool(script_nets[2].param_groups[0].get("fused")),
         "timed_steps_per_pipeline": total,
         "steps_per_s": {n: total / train_s[n] for n in pipelines},
         "data_ms_per_batch": {
