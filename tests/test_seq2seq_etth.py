@@ -229,6 +229,15 @@ def test_instance_norm_is_shift_equivariant(mode: str) -> None:
         assert not torch.allclose(plain(x + shift), plain(x) + shift[:, :, 6:], atol=1e-2)
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [([], "last"), (["--instance-norm"], "last"), (["--instance-norm", "mean"], "mean"),
+     (["--instance-norm", "none"], None)],
+)  # fmt: skip
+def test_instance_norm_flag_defaults_to_last_value(flags: list[str], expected) -> None:
+    assert s2s.parse_args(flags).instance_norm == expected
+
+
 def test_persistence_baseline_on_hand_made_series() -> None:
     series = np.arange(20, dtype=np.float32)[:, None] * np.array([[1.0, -2.0]], dtype=np.float32)
     split = s2s.Split(
