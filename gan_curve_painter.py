@@ -3,10 +3,12 @@
 Each real painting is 15 points of y = a x^2 + (a - 1) at x in linspace(-1, 1, 15), with
 a ~ U(1, 2): every such curve lies between the lower bound x^2 (a = 1) and the upper bound
 2 x^2 + 1 (a = 2). G maps a 5-d Gaussian "idea" through 5 -> 128 -> 15 (ReLU) to a painting;
-D judges a painting through 15 -> 128 -> 1 (ReLU, sigmoid). Adam lr 1e-4 for both, batch 64,
-10,000 steps: MorvanZhou's tutorial as the source notes retell it, with the losses fixed
-(the notes' generator loss -1/mean(log(1 - D)) is not the GAN objective) and an update order
-that needs no retain_graph: D steps on detached fakes, then G steps against the updated D.
+D judges a painting through 15 -> 128 -> 1 (ReLU, sigmoid). Batch 64, 10,000 steps: MorvanZhou's
+tutorial as the source notes retell it, with the losses fixed (the notes' generator loss
+-1/mean(log(1 - D)) is not the GAN objective) and an update order that needs no retain_graph:
+D steps on detached fakes, then G steps against the updated D. One change of recipe: Adam at
+lr 6e-4 with betas (0, 0.9) for both nets instead of the tutorial's lr 1e-4 with torch's
+default betas (`--preset tutorial`), which is still far from done at 10,000 steps.
 
 Paper: Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014: D ascends
 log D(x) + log(1 - D(G(z))) (Eq. 1); G descends log(1 - D(G(z))) (`--g-loss minimax`, Eq. 1)
@@ -17,6 +19,7 @@ ICLR 2019): the raw G keeps circling the equilibrium, its average sits nearer to
 
 Full run (10,000 steps, well under a minute on one CPU core):
     python gan_curve_painter.py
+    python gan_curve_painter.py --preset tutorial     # the tutorial's optimizer settings
 Quick run (seconds):
     python gan_curve_painter.py --steps 300 --frame-every 100 --run-name quick
 
@@ -48,6 +51,15 @@ from tqdm import tqdm
 
 A_LOW, A_HIGH = 1.0, 2.0  # real paintings: a ~ U(1, 2)
 
+# The tutorial's Adam (lr 1e-4, torch's default betas) is still sharpening the band's edges at
+# 10,000 steps: about 93% of curves lie inside then, and the share keeps rising for 30,000 steps
+# more. Six times the LR without first-moment momentum (betas (0, 0.9), the setting of WGAN-GP,
+# Gulrajani et al. 2017, and SAGAN, Zhang et al. 2019) gets there within the default steps.
+OPTIMIZER_PRESETS = {
+    "ours": {"lr_g": 6e-4, "lr_d": 6e-4, "adam_betas": (0.0, 0.9)},
+    "tutorial": {"lr_g": 1e-4, "lr_d": 1e-4, "adam_betas": (0.9, 0.999)},
+}
+
 
 # ----------------------------------------------------------------------------- config
 
@@ -61,8 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-ideas", type=int, default=5, help="generator input (noise) size")
     p.add_argument("--points", type=int, default=15, help="points per painting, x in [-1, 1]")
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--lr-g", type=float, default=1e-4)
-    p.add_argument("--lr-d", type=float, default=1e-4)
+    # The tutorial's Adam(lr 1e-4, betas (0.9, 0.999)) is still sharpening the band's edges at
+    # 10,000 steps (about 93% of curves inside); 6x the LR without first-moment momentum
+    # (betas (0, 0.9), as in WGAN-GP / SAGAN) gets there within the default step count.
+    p.add_argument(
+        "--preset",
+        choices=sorted(OPTIMIZER_PRESETS),
+        default="ours",
+        help="optimizer defaults: ours = Adam lr 6e-4, betas 0 0.9; tutorial = Adam lr 1e-4, "
+        "betas 0.9 0.999 (the flags below override either)",
+    )
+    p.add_argument("--lr-g", type=float, default=None, help="default: from --preset")
+    p.add_argument("--lr-d", type=float, default=None, help="default: from --preset")
+    p.add_argument(
+        "--adam-betas",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("B1", "B2"),
+        help="Adam betas for both nets; default: from --preset",
+    )
     p.add_argument(
         "--g-loss",
         default="minimax",
@@ -118,8 +148,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.points < 3:
         parser.error("--points must be >= 3 (a parabola needs three points)")
+    for key, value in OPTIMIZER_PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.adam_betas = tuple(args.adam_betas)
     if args.lr_g <= 0 or args.lr_d <= 0:
         parser.error("learning rates must be > 0")
+    if not all(0 <= b < 1 for b in args.adam_betas):
+        parser.error("--adam-betas must both be in [0, 1)")
     if not 0 <= args.ema < 1:
         parser.error("--ema must be in [0, 1)")
     if args.tolerance < 0:
@@ -409,8 +445,8 @@ def main(argv: list[str] | None = None) -> None:
     G = make_generator(args.n_ideas, args.hidden, args.points).to(device)
     D = make_discriminator(args.points, args.hidden).to(device)
     G_avg = copy.deepcopy(G).requires_grad_(False)  # EMA of G's weights, used for evaluation
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g)
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=args.adam_betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=args.adam_betas)
     z_frames = torch.randn(5, args.n_ideas, device=device)  # the same 5 ideas in every frame
     step, history = 0, []
     if args.resume:

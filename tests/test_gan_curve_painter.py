@@ -110,6 +110,9 @@ def test_losses_on_known_logits():
         ["--points", "2"],
         ["--g-loss", "hinge"],
         ["--tolerance", "-0.1"],
+        ["--adam-betas", "0.9", "1.0"],
+        ["--lr-d", "0"],
+        ["--preset", "fast"],
     ],
 )
 def test_bad_flags_exit_2(argv, capsys):
@@ -117,6 +120,16 @@ def test_bad_flags_exit_2(argv, capsys):
         p.parse_args(argv)
     assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_optimizer_presets_and_overrides():
+    ours = p.parse_args([])
+    assert (ours.lr_g, ours.lr_d, ours.adam_betas) == (6e-4, 6e-4, (0.0, 0.9))
+    tutorial = p.parse_args(["--preset", "tutorial"])
+    assert (tutorial.lr_g, tutorial.lr_d, tutorial.adam_betas) == (1e-4, 1e-4, (0.9, 0.999))
+    # an explicit flag wins over the preset, the rest still come from it
+    mixed = p.parse_args(["--preset", "tutorial", "--lr-d", "3e-4", "--adam-betas", "0.5", "0.9"])
+    assert (mixed.lr_g, mixed.lr_d, mixed.adam_betas) == (1e-4, 3e-4, (0.5, 0.9))
 
 
 SMALL = [
