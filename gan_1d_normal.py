@@ -458,6 +458,28 @@ def evaluate(G: Generator, args, device: torch.device) -> tuple[dict[str, float]
     return metrics, samples
 
 
+@torch.no_grad()
+def discriminator_health(
+    D: Discriminator, G: Generator, preprocess, args, device: torch.device, batches: int = 200
+) -> dict[str, float]:
+    """How much D can still see at the end of training, on `batches` real and fake minibatches.
+
+    `d_first_layer_slope`: mean sigmoid'(pre-activation) of D's first hidden layer over real
+    batches, relative to its maximum 1/4 (1: the units work in their linear range; near 0: they
+    are saturated, so D's output no longer depends on its input and G gets no gradient).
+    `d_real` / `d_fake`: mean D on real and generated batches (0.5 / 0.5 = D cannot tell)."""
+    real = sample_real((batches, args.batch_size), args.mean, args.std, device)
+    fake = G(sample_noise((batches, args.batch_size), device))
+    feats = preprocess(real)
+    pre = F.linear(feats, D.fc1.weight, D.fc1.bias)
+    slope = torch.sigmoid(pre) * torch.sigmoid(-pre)  # sigmoid'(t) = s(t) s(-t), max 1/4
+    return {
+        "d_first_layer_slope": float(slope.mean() / 0.25),
+        "d_real": float(torch.sigmoid(D(feats)).mean()),
+        "d_fake": float(torch.sigmoid(D(preprocess(fake))).mean()),
+    }
+
+
 # ----------------------------------------------------------------------------- plots
 
 
@@ -735,6 +757,7 @@ def run(args, run_dir: Path, device: torch.device) -> dict[str, float]:
         metrics["raw_generator"] = {
             k: raw[k] for k in ("mean", "std", "skewness", "excess_kurtosis", "ks", "w1")
         }
+    metrics.update(discriminator_health(D, G, preprocess, args, device))
     metrics.update(
         mode=args.mode,
         epochs=args.epochs,

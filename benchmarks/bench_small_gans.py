@@ -151,14 +151,18 @@ def main() -> None:
         lines += [
             "### gan_1d_normal.py: 10,000 samples from the final G, target Normal(4, 1.25)",
             "",
-            "| mode | seed | mean | std | skewness | ex. kurtosis | KS | W1 | max 0.1σ-bin mass | train s |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| mode | seed | mean | std | skewness | ex. kurtosis | KS | W1 | max 0.1σ-bin mass "
+            "| D first-layer slope | train s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in one_d:
+            # runs from before 2026-12-01 did not record D's health
+            slope = r.get("d_first_layer_slope")
             lines.append(
                 f"| {r['key']} | {r['seed']} | {fmt(r['mean'])} | {fmt(r['std'])} | "
                 f"{fmt(r['skewness'])} | {fmt(r['excess_kurtosis'])} | {fmt(r['ks'], 4)} | "
-                f"{fmt(r['w1'], 4)} | {fmt(r['max_bin_mass'])} | {r['train_seconds']:.1f} |"
+                f"{fmt(r['w1'], 4)} | {fmt(r['max_bin_mass'])} | "
+                f"{'-' if slope is None else fmt(slope)} | {r['train_seconds']:.1f} |"
             )
         lines += [
             "",

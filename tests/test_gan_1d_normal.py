@@ -163,6 +163,22 @@ def test_train_epoch_is_deterministic_and_moves_both_nets():
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
 
 
+def test_discriminator_health_sees_linear_and_saturated_units():
+    args = g.parse_args(["--batch-size", "50", "--mode", "moments"])
+    G, D = g.Generator(), g.Discriminator(4)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        for p in D.parameters():
+            p.zero_()  # every pre-activation 0: sigmoid' at its maximum, D = sigmoid(0)
+    health = g.discriminator_health(D, G, g.preprocess_moments, args, cpu, batches=5)
+    assert health["d_first_layer_slope"] == pytest.approx(1.0)
+    assert health["d_real"] == pytest.approx(0.5) and health["d_fake"] == pytest.approx(0.5)
+    with torch.no_grad():
+        D.fc1.bias.fill_(12.0)  # saturated: sigmoid'(12) / 0.25 = 4 e^-12 / (1 + e^-12)^2
+    health = g.discriminator_health(D, G, g.preprocess_moments, args, cpu, batches=5)
+    assert health["d_first_layer_slope"] == pytest.approx(4 * math.exp(-12), rel=1e-3)
+
+
 @pytest.mark.parametrize(
     "argv",
     [
