@@ -179,12 +179,56 @@ def test_discriminator_health_sees_linear_and_saturated_units():
     assert health["d_first_layer_slope"] == pytest.approx(4 * math.exp(-12), rel=1e-3)
 
 
+def test_r1_penalty_exact_and_differentiable():
+    """logit = w . x on the real row: d logit / dx = w, so R1 = gamma/2 ||w||^2 and its gradient
+    w.r.t. w is gamma * w; the fake row must not count."""
+    w = torch.tensor([0.5, -2.0, 1.0], requires_grad=True)
+    features = torch.tensor([[1.0, 2.0, 3.0], [9.0, 9.0, 9.0]]).requires_grad_(True)
+    logits = features @ w
+    penalty = g.r1_penalty(logits[0], features, gamma=4.0)
+    torch.testing.assert_close(penalty, torch.tensor(0.5 * 4.0 * (0.25 + 4.0 + 1.0)))
+    (grad_w,) = torch.autograd.grad(penalty, w)
+    torch.testing.assert_close(grad_w, 4.0 * w.detach())
+
+
+def test_recipes_fill_only_unset_flags():
+    quant = g.with_recipe(g.parse_args(["--mode", "quantiles"]))
+    assert {k: getattr(quant, k) for k in g.RECIPES["quantiles"]} == g.RECIPES["quantiles"]
+    notes = g.with_recipe(g.parse_args(["--mode", "moments"]))
+    assert {k: getattr(notes, k) for k in g.RECIPES["notes"]} == g.RECIPES["notes"]
+    mixed = g.with_recipe(
+        g.parse_args(["--mode", "quantiles", "--r1-gamma", "0", "--lr-g", "1e-4"])
+    )
+    assert (mixed.r1_gamma, mixed.lr_g, mixed.lr_d) == (0.0, 1e-4, 2e-3)
+
+
+def test_train_epoch_r1_changes_only_d_update():
+    """R1 enters D's update (so D differs) and, with gamma 0, the update is the plain one."""
+
+    def d_after(gamma):
+        flags = "--mode quantiles --d-steps 3 --g-steps 1 --batch-size 40 --r1-gamma"
+        args = g.parse_args([*flags.split(), str(gamma)])
+        torch.manual_seed(0)
+        G, D = g.Generator(), g.Discriminator(g.d_input_size("quantiles", 40))
+        opt_d, opt_g = g.make_optimizers(G, D, args)
+        torch.manual_seed(1)
+        out = g.train_epoch(G, D, opt_d, opt_g, g.preprocess_quantiles, args, torch.device("cpu"))
+        return [p.detach().clone() for p in D.parameters()], out
+
+    plain, out0 = d_after(0.0)
+    penalised, out1 = d_after(10.0)
+    assert not all(torch.equal(a, b) for a, b in zip(plain, penalised, strict=True))
+    torch.testing.assert_close(out0["real"], out1["real"])  # same data, only the update differs
+
+
 @pytest.mark.parametrize(
     "argv",
     [
         ["--epochs", "0"],
         ["--std", "-1"],
         ["--batch-size", "2"],
+        ["--r1-gamma", "-1"],
+        ["--lr-d", "0"],
         ["--mode", "all", "--resume", "x.pt"],
         ["--mode", "bogus"],
     ],
