@@ -199,7 +199,7 @@ def test_recipes_fill_only_unset_flags():
     mixed = g.with_recipe(
         g.parse_args(["--mode", "quantiles", "--r1-gamma", "0", "--lr-g", "1e-4"])
     )
-    assert (mixed.r1_gamma, mixed.lr_g, mixed.lr_d) == (0.0, 1e-4, 2e-3)
+    assert (mixed.r1_gamma, mixed.lr_g, mixed.lr_d) == (0.0, 1e-4, 4e-3)
 
 
 def test_train_epoch_r1_changes_only_d_update():
