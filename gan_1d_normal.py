@@ -394,6 +394,92 @@ def r1_penalty(real_logit: torch.Tensor, features: torch.Tensor, gamma: float) -
 # ----------------------------------------------------------------------------- training
 
 
+# ----------------------------------------------------------------------------- backprop by hand
+# A step of these nets is a few dozen tiny tensor ops, each costing microseconds of dispatch, and
+# autograd's graph bookkeeping more than doubles that. So the chain rule is written out for the
+# two fixed MLPs and for the moments features (the default mode); the other modes' preprocessing
+# keeps autograd on its own small graph. Checked against autograd for every mode in
+# tests/test_gan_1d_normal.py. aten's sigmoid_backward(g, s) = g s (1 - s) and
+# tanh_backward(g, t) = g (1 - t^2) are the fused kernels autograd itself uses.
+_sigmoid_backward = torch.ops.aten.sigmoid_backward
+_tanh_backward = torch.ops.aten.tanh_backward
+
+
+def _mlp_sigmoid_forward(net: Discriminator, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    h1 = torch.sigmoid(torch.addmm(net.fc1.bias, x, net.fc1.weight.t()))
+    h2 = torch.sigmoid(torch.addmm(net.fc2.bias, h1, net.fc2.weight.t()))
+    return h1, h2, torch.addmm(net.fc3.bias, h2, net.fc3.weight.t())
+
+
+@torch.no_grad()
+def discriminator_step_grads(
+    D: Discriminator, features: torch.Tensor, sign: torch.Tensor
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """D's logits on features (2, F) (row 0 real, row 1 fake) and the gradient of D's loss
+    softplus(-l_real) + softplus(l_fake) (Eq. 1) w.r.t. D's parameters, in D.parameters()
+    order. sign = [[-1], [1]]: d softplus(-l)/dl = -sigmoid(-l), d softplus(l)/dl = sigmoid(l)."""
+    h1, h2, logits = _mlp_sigmoid_forward(D, features)  # logits (2, 1)
+    d_logits = torch.sigmoid(logits * sign) * sign
+    d_a2 = _sigmoid_backward(d_logits @ D.fc3.weight, h2)
+    d_a1 = _sigmoid_backward(d_a2 @ D.fc2.weight, h1)
+    grads = (d_a1.t() @ features, d_a1.sum(0), d_a2.t() @ h1, d_a2.sum(0))
+    return logits.squeeze(-1), (*grads, d_logits.t() @ h2, d_logits.sum(0))
+
+
+def moments_vjp(
+    z: torch.Tensor, features: torch.Tensor, grad_features: torch.Tensor
+) -> torch.Tensor:
+    """d(loss)/dx from d(loss)/d(mean, std, skewness, excess kurtosis) for one batch x (n,),
+    with z = (x - mean) / std. Per sample, with s = std, S = skewness, K = excess kurtosis:
+      d mean/dx_i = 1/n,  d std/dx_i = z_i/n,
+      d S/dx_i = 3 (z_i^2 - 1 - S z_i) / (n s),  d K/dx_i = 4 (z_i^3 - S - (K + 3) z_i) / (n s),
+    so the vector-Jacobian product is a cubic in z_i: (c0 + c1 z + c2 z^2 + c3 z^3) / n."""
+    _, std, skew, kurt = features.unbind(-1)
+    g_mean, g_std, g_skew, g_kurt = grad_features.unbind(-1)
+    a, b = 3 * g_skew / std, 4 * g_kurt / std
+    c0 = g_mean - a - b * skew
+    c1 = g_std - a * skew - b * (kurt + 3)
+    cubic = torch.addcmul(c0, torch.addcmul(c1, torch.addcmul(a, b, z), z), z)  # Horner
+    return cubic / z.shape[-1]
+
+
+@torch.no_grad()
+def generator_step_grads(
+    G: Generator, D: Discriminator, preprocess, u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """For noise u (B,): the generated batch x = G(u), D's logit on preprocess(x), and the
+    gradient of G's loss softplus(-logit) = -log D(G(z)) (Sec. 3) w.r.t. G's parameters, in
+    G.parameters() order. D is only read: it stays fixed during the G phase."""
+    u1 = u.unsqueeze(-1)  # (B, 1)
+    h1 = torch.tanh(torch.addmm(G.fc1.bias, u1, G.fc1.weight.t()))
+    h2 = torch.tanh(torch.addmm(G.fc2.bias, h1, G.fc2.weight.t()))
+    x = torch.addmm(G.fc3.bias, h2, G.fc3.weight.t()).squeeze(-1)  # (B,)
+    if preprocess is preprocess_moments:
+        std, mean = torch.std_mean(x, correction=0)
+        z = (x - mean) / std
+        z2 = z * z
+        features = torch.stack([mean, std, (z2 * z).mean(), (z2 * z2).mean() - 3.0])
+    else:
+        with torch.enable_grad():
+            x.requires_grad_(True)
+            graph_features = preprocess(x)
+        features = graph_features.detach()
+    k1, k2, logit = _mlp_sigmoid_forward(D, features.unsqueeze(0))  # logit (1, 1)
+    d_logit = -torch.sigmoid(-logit)  # d softplus(-l) / dl
+    d_k2 = _sigmoid_backward(d_logit @ D.fc3.weight, k2)
+    d_features = (_sigmoid_backward(d_k2 @ D.fc2.weight, k1) @ D.fc1.weight).squeeze(0)
+    if preprocess is preprocess_moments:
+        d_x = moments_vjp(z, features, d_features)
+    else:
+        (d_x,) = torch.autograd.grad(graph_features, x, d_features)
+        x = x.detach()
+    d_x = d_x.unsqueeze(-1)  # (B, 1)
+    d_a2 = _tanh_backward(d_x @ G.fc3.weight, h2)
+    d_a1 = _tanh_backward(d_a2 @ G.fc2.weight, h1)
+    grads = (d_a1.t() @ u1, d_a1.sum(0), d_a2.t() @ h1, d_a2.sum(0), d_x.t() @ h2, d_x.sum(0))
+    return x, logit.reshape(()), grads
+
+
 def make_optimizers(G: nn.Module, D: nn.Module, args) -> tuple[MomentumSGD, MomentumSGD]:
     return (
         MomentumSGD(D.parameters(), args.lr_d, args.momentum),
@@ -414,37 +500,37 @@ def train_epoch(
     Returns the last step's losses and batches as tensors (no host sync here: the caller reads
     them only every --print-every epochs)."""
     b = args.batch_size
-    d_params, g_params = opt_d.params, opt_g.params
     real = sample_real((args.d_steps, b), args.mean, args.std, device)
     with torch.no_grad():
         # G is frozen during the D phase, so all d_steps fake batches can come from one call.
         fake = G(sample_noise((args.d_steps, b), device))
     # Preprocessing has no parameters: do it for every D step at once. Row 0 real, row 1 fake.
     d_inputs = torch.stack([preprocess(real), preprocess(fake)], 1)  # (d_steps, 2, features)
+    sign = torch.tensor([[-1.0], [1.0]], device=device)
     for i in range(args.d_steps):
-        features = d_inputs[i]
         if args.r1_gamma > 0:
-            features = features.detach().requires_grad_(True)
-        logits = D(features)
-        d_real_err, d_fake_err = d_loss_terms(logits[0], logits[1])
-        d_err = d_real_err + d_fake_err
-        if args.r1_gamma > 0:
-            d_err = d_err + r1_penalty(logits[0], features, args.r1_gamma)
-        # autograd.grad instead of backward(): no .grad accumulation, so nothing to zero.
-        opt_d.step(torch.autograd.grad(d_err, d_params))
+            # R1 needs the gradient of a gradient: autograd here, graph kept for D's update.
+            features = d_inputs[i].detach().requires_grad_(True)
+            logits = D(features)
+            d_real_err, d_fake_err = d_loss_terms(logits[0], logits[1])
+            d_err = d_real_err + d_fake_err + r1_penalty(logits[0], features, args.r1_gamma)
+            opt_d.step(torch.autograd.grad(d_err, opt_d.params))
+        else:
+            logits, grads = discriminator_step_grads(D, d_inputs[i], sign)
+            opt_d.step(grads)
 
-    # Generator phase: gradients are taken w.r.t. G's parameters only; D stays fixed.
+    # Generator phase: gradients w.r.t. G's parameters only; D stays fixed.
     noise = sample_noise((args.g_steps, b), device)
     for i in range(args.g_steps):
-        fake = G(noise[i])
-        g_err = g_loss_nonsaturating(D(preprocess(fake)))
-        opt_g.step(torch.autograd.grad(g_err, g_params))
+        fake, g_logit, grads = generator_step_grads(G, D, preprocess, noise[i])
+        opt_g.step(grads)
+    d_real_err, d_fake_err = d_loss_terms(logits[0].detach(), logits[1].detach())
     return {
-        "d_real_err": d_real_err.detach(),
-        "d_fake_err": d_fake_err.detach(),
-        "g_err": g_err.detach(),
+        "d_real_err": d_real_err,
+        "d_fake_err": d_fake_err,
+        "g_err": g_loss_nonsaturating(g_logit),
         "real": real[-1],
-        "fake": fake.detach(),
+        "fake": fake,
     }
 
 
