@@ -7,8 +7,8 @@ never sees single values but a whole minibatch of 500, after one of five preproc
 `variances` (values + squared deviations), `moments` (mean, std, skewness, excess kurtosis:
 the default) or `quantiles` (our addition: batch mean and std plus the standardised sorted
 batch, i.e. the empirical quantile function, averaged in 20 blocks; see preprocess_quantiles,
-trained with its own recipe: four times the learning rates, LR decay and a moving average of G;
-see RECIPES; `--r1-gamma` adds an R1 penalty on D).
+trained with its own recipe: four times the learning rates, LR decay, a moving average of G
+and an R1 penalty on D; see RECIPES).
 This is devnag's 2018 design as the source notes adapt it, rewritten for current PyTorch (no
 retain_graph, everything created on the training device, gradients of the preprocessing flow
 through the batch mean).
@@ -181,14 +181,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # Training recipes. `notes`: devnag's SGD setting as the notes use it, for their four modes.
 # `quantiles` (ours, measured in README): both nets at 4x the notes' learning rate, falling
-# linearly to 0, with a moving average of G evaluated (the last iterate keeps circling the
-# equilibrium). An earlier recipe slowed G down to 1/5 of D's rate instead: D then won, its
-# sigmoid units saturated and it answered 0.5 to everything. The R1 penalty (--r1-gamma 1) also
-# keeps D alive and lowers KS a little, but costs 25 % more time and did not lower W1, the
-# tighter of the two targets, so it is off by default.
+# linearly to 0, a moving average of G evaluated (the last iterate keeps circling the
+# equilibrium), and an R1 penalty on D (Mescheder et al. 2018), which keeps D's sigmoid units
+# out of saturation. Without R1 the same rates met the shape target on 3 of 3 seeds in one
+# build of the code and on 1 of 3 after a change that only moved floating-point rounding; with
+# R1 both builds met it on every seed, with nearly identical numbers.
 RECIPES = {
     "notes": {"lr_d": 1e-3, "lr_g": 1e-3, "lr_decay": "none", "ema": 0.0, "r1_gamma": 0.0},
-    "quantiles": {"lr_d": 4e-3, "lr_g": 4e-3, "lr_decay": "linear", "ema": 0.99, "r1_gamma": 0.0},
+    "quantiles": {"lr_d": 4e-3, "lr_g": 4e-3, "lr_decay": "linear", "ema": 0.99, "r1_gamma": 1.0},
 }
 
 
