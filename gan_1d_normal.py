@@ -249,14 +249,20 @@ def preprocess_variances(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, (x - x.mean(-1, keepdim=True)) ** 2], -1)
 
 
-def preprocess_moments(x: torch.Tensor) -> torch.Tensor:
-    """(mean, std, skewness, excess kurtosis), population (biased) estimators."""
+def moments_and_z(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std, skewness, excess kurtosis), population (biased) estimators, and the
+    standardised batch z = (x - mean) / std that their gradient needs (moments_vjp)."""
     std, mean = torch.std_mean(x, dim=-1, keepdim=True, correction=0)
     z = (x - mean) / std
     z2 = z * z
     skewness = (z2 * z).mean(-1, keepdim=True)
     excess_kurtosis = (z2 * z2).mean(-1, keepdim=True) - 3.0  # 0 for a Gaussian
-    return torch.cat([mean, std, skewness, excess_kurtosis], -1)
+    return torch.cat([mean, std, skewness, excess_kurtosis], -1), z
+
+
+def preprocess_moments(x: torch.Tensor) -> torch.Tensor:
+    """(mean, std, skewness, excess kurtosis), population (biased) estimators."""
+    return moments_and_z(x)[0]
 
 
 QUANTILE_BLOCKS = 20
@@ -391,9 +397,6 @@ def r1_penalty(real_logit: torch.Tensor, features: torch.Tensor, gamma: float) -
     return 0.5 * gamma * grad.square().sum()
 
 
-# ----------------------------------------------------------------------------- training
-
-
 # ----------------------------------------------------------------------------- backprop by hand
 # A step of these nets is a few dozen tiny tensor ops, each costing microseconds of dispatch, and
 # autograd's graph bookkeeping more than doubles that. So the chain rule is written out for the
@@ -455,10 +458,7 @@ def generator_step_grads(
     h2 = torch.tanh(torch.addmm(G.fc2.bias, h1, G.fc2.weight.t()))
     x = torch.addmm(G.fc3.bias, h2, G.fc3.weight.t()).squeeze(-1)  # (B,)
     if preprocess is preprocess_moments:
-        std, mean = torch.std_mean(x, correction=0)
-        z = (x - mean) / std
-        z2 = z * z
-        features = torch.stack([mean, std, (z2 * z).mean(), (z2 * z2).mean() - 3.0])
+        features, z = moments_and_z(x)
     else:
         with torch.enable_grad():
             x.requires_grad_(True)
@@ -478,6 +478,9 @@ def generator_step_grads(
     d_a1 = _tanh_backward(d_a2 @ G.fc2.weight, h1)
     grads = (d_a1.t() @ u1, d_a1.sum(0), d_a2.t() @ h1, d_a2.sum(0), d_x.t() @ h2, d_x.sum(0))
     return x, logit.reshape(()), grads
+
+
+# ----------------------------------------------------------------------------- training
 
 
 def make_optimizers(G: nn.Module, D: nn.Module, args) -> tuple[MomentumSGD, MomentumSGD]:
@@ -932,7 +935,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         run_dir = Path(args.out) / Path(__file__).stem / args.run_name
     if args.mode != "all":
-        run(with_recipe(args), run_dir, device)
+        run(args, run_dir, device)  # parse_args filled the mode's recipe
         return
     results, finals = {}, {}
     for mode in MODES:

@@ -53,9 +53,9 @@ A_LOW, A_HIGH = 1.0, 2.0  # real paintings: a ~ U(1, 2)
 
 # At the tutorial's lr 1e-4 the band's edges are still being sharpened when 10,000 steps end
 # (about 93% of curves inside; 40,000 steps reach 98%). Six times the LR gets there within the
-# default steps, but only without torch's default first-moment momentum, which then makes the
-# nets overshoot and the spread of a collapse: betas (0, 0.9), the setting of WGAN-GP
-# (Gulrajani et al. 2017) and SAGAN (Zhang et al. 2019). Measurements: README.
+# default steps, but only with little or no first-moment momentum: with torch's default betas
+# the nets overshoot and the spread of the fitted a collapses. Betas (0, 0.9) are the setting
+# of WGAN-GP (Gulrajani et al. 2017) and SAGAN (Zhang et al. 2019). Measurements: README.
 OPTIMIZER_PRESETS = {
     "ours": {"lr_g": 6e-4, "lr_d": 6e-4, "adam_betas": (0.0, 0.9)},
     "tutorial": {"lr_g": 1e-4, "lr_d": 1e-4, "adam_betas": (0.9, 0.999)},
