@@ -128,21 +128,53 @@ def test_momentum_sgd_equals_torch_sgd():
     net_a = torch.nn.Linear(3, 2)
     net_b = torch.nn.Linear(3, 2)
     net_b.load_state_dict(net_a.state_dict())
-    ours = g.MomentumSGD(net_a.parameters(), lr=0.05, momentum=0.9)
+    packed = g.FlatParams(net_a)
+    ours = g.MomentumSGD(packed, lr=0.05, momentum=0.9)
     ref = torch.optim.SGD(net_b.parameters(), lr=0.05, momentum=0.9)
     for _ in range(5):
         x = torch.randn(4, 3)
-        ours.step(torch.autograd.grad(net_a(x).pow(2).sum(), list(net_a.parameters())))
+        packed.set_grads(torch.autograd.grad(net_a(x).pow(2).sum(), list(net_a.parameters())))
+        ours.step()
         ref.zero_grad()
         net_b(x).pow(2).sum().backward()
         ref.step()
     for pa, pb in zip(net_a.parameters(), net_b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb)
     state = ours.state_dict()
-    fresh = g.MomentumSGD(net_a.parameters(), lr=1.0, momentum=0.0)
+    fresh = g.MomentumSGD(packed, lr=1.0, momentum=0.0)
     fresh.load_state_dict(state)
     assert fresh.lr == 0.05 and fresh.momentum == 0.9
-    torch.testing.assert_close(fresh.buffers, ours.buffers)
+    torch.testing.assert_close(fresh.buffer, ours.buffer)
+    # a checkpoint from before the packing kept one buffer per parameter
+    old = {
+        "lr": 0.05,
+        "momentum": 0.9,
+        "buffers": [ref.state[p]["momentum_buffer"].clone() for p in net_b.parameters()],
+    }
+    fresh.buffer.zero_()
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.buffer, ours.buffer)
+
+
+def test_flat_params_are_views_the_module_sees():
+    """Packing keeps the module's values; an update of the flat tensor is an update of the
+    module, and load_state_dict writes through into the flat tensor."""
+    torch.manual_seed(0)
+    net = g.Discriminator(4, 10)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(3, 4)
+    out_before = net(x)
+    packed = g.FlatParams(net)
+    assert packed.flat.numel() == sum(p.numel() for p in net.parameters())
+    torch.testing.assert_close(net(x), out_before, rtol=0, atol=0)
+    packed.flat.add_(1.0)
+    torch.testing.assert_close(net.fc2.bias, before["fc2.bias"] + 1.0)
+    net.load_state_dict(before)
+    torch.testing.assert_close(packed.views[2], before["fc2.weight"])
+    torch.testing.assert_close(packed.views_t[2], before["fc2.weight"].t())
+    # gradients written into the views land in `grad`, in parameters() order
+    packed.set_grads(tuple(torch.full_like(p, i) for i, p in enumerate(net.parameters())))
+    assert [float(gr.mean()) for gr in packed.grads] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
 
 
 def test_train_epoch_is_deterministic_and_moves_both_nets():
@@ -193,18 +225,19 @@ def test_r1_penalty_exact_and_differentiable():
 
 @pytest.mark.parametrize("mode", g.MODES)
 def test_hand_written_generator_grads_match_autograd(mode):
-    """generator_step_grads (chain rule written out; closed-form moments backward) must give
+    """generator_grads (chain rule written out; closed-form moments backward) must give
     autograd's gradient of -log D(preprocess(G(u))) w.r.t. G's parameters, in float64."""
     torch.manual_seed(0)
     G, D = g.Generator().double(), g.Discriminator(g.d_input_size(mode, 60)).double()
     u = torch.rand(60, dtype=torch.float64)
-    x, logit, grads = g.generator_step_grads(G, D, g.PREPROCESS[mode], u)
     ref_x = G(u)
     ref_logit = D(g.PREPROCESS[mode](ref_x))
     ref = torch.autograd.grad(g.g_loss_nonsaturating(ref_logit), list(G.parameters()))
+    g_packed, d_packed = g.FlatParams(G), g.FlatParams(D)
+    x, logit = g.generator_grads(g_packed, d_packed, g.PREPROCESS[mode], u.unsqueeze(-1))
     torch.testing.assert_close(x, ref_x.detach())
     torch.testing.assert_close(logit, ref_logit.detach())
-    for got, want in zip(grads, ref, strict=True):
+    for got, want in zip(g_packed.grads, ref, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -213,12 +246,13 @@ def test_hand_written_discriminator_grads_match_autograd():
     D = g.Discriminator(22).double()
     features = torch.randn(2, 22, dtype=torch.float64)
     sign = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
-    logits, grads = g.discriminator_step_grads(D, features, sign)
     ref_logits = D(features)
     real_err, fake_err = g.d_loss_terms(ref_logits[0], ref_logits[1])
     ref = torch.autograd.grad(real_err + fake_err, list(D.parameters()))
+    packed = g.FlatParams(D)
+    logits = g.discriminator_grads(packed, features, sign)
     torch.testing.assert_close(logits, ref_logits.detach())
-    for got, want in zip(grads, ref, strict=True):
+    for got, want in zip(packed.grads, ref, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
