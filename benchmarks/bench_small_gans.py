@@ -5,13 +5,13 @@ gan_curve_painter.py, each over 3 seeds at their default sizes, against the targ
     python benchmarks/bench_small_gans.py --summarize-only --run-name NAME   # tables from finished runs
     python benchmarks/bench_small_gans.py --epochs 20 --steps 200 --run-name quick   # plumbing check
 
-Wall time: each default 1-D run is 5000 epochs (about 190-245 s of training per run when two
-run side by side on the shared 2-core machine, 2026-11-23), each painter run about 40 s, so
-the full benchmark takes roughly 30-35 minutes there; split it with --modes / --no-painter /
---no-1d. Each run is the real script as a user runs it (a subprocess, default flags plus
---seed), so the seconds column is the script's own training time (metrics.json
-`train_seconds`, training loop only, no start-up or plotting). With --jobs 2 two runs share the machine's 2 cores (one torch
-thread each). Writes outputs/bench_small_gans/<run-name>/summary.md (the README tables) and
+Wall time: with two runs side by side on a 2-core Intel Xeon (2026-12-02) each default 1-D
+run takes about 40-55 s of training in the notes' modes and 140 s in quantiles mode (R1 runs
+through autograd), each painter run about 25 s; the full benchmark took 10 minutes. Split it
+with --modes / --no-painter / --no-1d. Each run is the real script as a user runs it (a
+subprocess, default flags plus --seed), so the seconds column is the script's own training time
+(metrics.json `train_seconds`, training loop only, no start-up or plotting). With --jobs 2 two
+runs share the machine's 2 cores (one torch thread each). Writes outputs/bench_small_gans/<run-name>/summary.md (the README tables) and
 summary.json, and prints the summary.
 """
 
