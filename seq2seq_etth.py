@@ -388,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the notes' model (globally normalised only: 1.09 vs 0.43 test MSE at horizon 96, M)",
     )
     p.add_argument(
+        "--channel-independent",
+        action="store_true",
+        help="M only: one shared univariate model forecasts every channel from its own past "
+        "(the channels become extra batch rows, as in PatchTST / SegRNN); 7 -> 7 still",
+    )
+    p.add_argument(
         "--time-features",
         action="store_true",
         help="also feed the timeF calendar features (encoder: input rows, decoder: "
@@ -462,6 +468,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--resume continues training; it cannot go with --eval-only/--predict-only")
     if args.data not in ETT_NAMES and not args.data.lower().endswith(".csv"):
         parser.error(f"--data takes one of {', '.join(ETT_NAMES)} or a path ending in .csv")
+    if args.channel_independent and args.features != "M":
+        parser.error("--channel-independent needs --features M (S has one channel; MS mixes them)")
     if args.instance_norm == "none":
         args.instance_norm = None  # the model (and checkpoints before this flag value) use None
     return args
@@ -526,7 +534,12 @@ class AttentionDecoderCell(nn.Module):
 
 
 class Seq2Seq(nn.Module):
-    """LSTM encoder + attention LSTM decoder, rolled out one step at a time over the horizon."""
+    """LSTM encoder + attention LSTM decoder, rolled out one step at a time over the horizon.
+
+    channel_independent: the C input channels (all of them forecast, out_channels = 0..C-1) are
+    split into C univariate series that share one encoder/decoder: window [B, L, C] becomes
+    C*B series [C*B, L, 1] and the forecasts are put back as [B, H, C]. Each channel is then
+    predicted from its own past only, with C times the training series per batch."""
 
     def __init__(
         self,
@@ -540,8 +553,14 @@ class Seq2Seq(nn.Module):
         teacher_forcing: float = 0.3,
         instance_norm: str | None = None,
         mark_dim: int = 0,
+        channel_independent: bool = False,
     ) -> None:
         super().__init__()
+        if channel_independent and list(out_channels) != list(range(in_dim)):
+            raise ValueError("channel_independent forecasts every input channel (features M)")
+        self.channel_independent = channel_independent
+        if channel_independent:
+            in_dim, out_channels = 1, [0]  # the shared model sees one series at a time
         self.out_channels = list(out_channels)
         self.horizon = horizon
         self.teacher_forcing = teacher_forcing
@@ -565,6 +584,28 @@ class Seq2Seq(nn.Module):
         target: torch.Tensor | None = None,  # [B, H, out] teacher-forcing values (train only)
     ) -> torch.Tensor:
         """Returns [B, H, len(out_channels)] on the input's (global-normalised) scale."""
+        if not self.channel_independent:
+            return self._rollout(x, x_mark, y_mark, target)
+        b, window, c = x.shape
+
+        def series(t: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> [B*C, T, 1]
+            return t.transpose(1, 2).reshape(b * c, t.shape[1], 1)
+
+        def marks(t: torch.Tensor | None) -> torch.Tensor | None:  # row b*C + k: window b
+            return t.repeat_interleave(c, 0) if self.mark_dim else t
+
+        pred = self._rollout(
+            series(x), marks(x_mark), marks(y_mark), None if target is None else series(target)
+        )
+        return pred.reshape(b, c, self.horizon).transpose(1, 2)  # [B, H, C]
+
+    def _rollout(
+        self,
+        x: torch.Tensor,
+        x_mark: torch.Tensor | None,
+        y_mark: torch.Tensor | None,
+        target: torch.Tensor | None,
+    ) -> torch.Tensor:
         level = None
         if self.instance_norm == "last":
             level = x[:, -1:, :]
@@ -918,7 +959,10 @@ MODEL_KEYS = (
     "teacher_forcing",
     "instance_norm",
     "time_features",
+    "channel_independent",
 )
+# What a checkpoint written before a model key existed meant by it.
+MODEL_KEY_DEFAULTS = {"channel_independent": False}
 
 
 def build_model(args, data: ETTData) -> Seq2Seq:
@@ -933,6 +977,7 @@ def build_model(args, data: ETTData) -> Seq2Seq:
         teacher_forcing=args.teacher_forcing,
         instance_norm=args.instance_norm,
         mark_dim=data.train.marks.shape[1] if args.time_features else 0,
+        channel_independent=args.channel_independent,
     )
 
 
@@ -974,8 +1019,9 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: checkpoint {ckpt_path} not found")
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         # The model's shape comes from the checkpoint, whatever the command line says.
+        saved = {**MODEL_KEY_DEFAULTS, **ckpt["config"]}
         for key in MODEL_KEYS:
-            setattr(args, key, ckpt["config"][key])
+            setattr(args, key, saved[key])
     seed_everything(args.seed)
     if args.split == "notes":
         print(

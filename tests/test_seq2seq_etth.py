@@ -238,6 +238,39 @@ def test_instance_norm_flag_defaults_to_last_value(flags: list[str], expected) -
     assert s2s.parse_args(flags).instance_norm == expected
 
 
+@pytest.mark.parametrize("mark_dim", [0, 3])
+def test_channel_independent_forecasts_each_channel_from_its_own_past(mark_dim: int) -> None:
+    """Every output channel of the channel-independent model is the shared univariate model
+    run on that channel alone, so changing one input channel moves only its own forecast."""
+    model = _model(list(range(3)), in_dim=3, channel_independent=True, mark_dim=mark_dim)
+    assert model.encoder.input_size == 1 + mark_dim
+    model.eval()
+    x = torch.randn(4, 12, 3)
+    x_mark, y_mark = (torch.randn(4, 12, 3), torch.randn(4, 5, 3)) if mark_dim else (None, None)
+    with torch.no_grad():
+        pred = model(x, x_mark, y_mark)
+        assert pred.shape == (4, 5, 3)
+        for k in range(3):  # channel k alone, through the same weights
+            alone = model._rollout(
+                x[:, :, k : k + 1],
+                x_mark,
+                y_mark,
+                None,
+            )
+            torch.testing.assert_close(pred[:, :, k], alone[:, :, 0])
+        moved = x.clone()
+        moved[:, :, 1] += torch.randn(4, 12)
+        other = model(moved, x_mark, y_mark)
+    torch.testing.assert_close(other[:, :, [0, 2]], pred[:, :, [0, 2]])
+    assert not torch.allclose(other[:, :, 1], pred[:, :, 1])
+    # teacher forcing routes each channel's own targets
+    model.train()
+    target = torch.randn(4, 5, 3)
+    assert model(x, x_mark, y_mark, target=target).shape == (4, 5, 3)
+    with pytest.raises(ValueError, match="every input channel"):
+        _model([6], in_dim=7, channel_independent=True)
+
+
 def test_persistence_baseline_on_hand_made_series() -> None:
     series = np.arange(20, dtype=np.float32)[:, None] * np.array([[1.0, -2.0]], dtype=np.float32)
     split = s2s.Split(
@@ -284,6 +317,8 @@ def test_score_original_units(tiny_ett_root: Path) -> None:
         ["--teacher-forcing", "1.5"],
         ["--horizon", "0"],
         ["--data", "not_a_csv"],
+        ["--channel-independent", "--features", "MS"],
+        ["--channel-independent", "--features", "S"],
     ],
 )
 def test_impossible_flags_exit_2(argv: list[str]) -> None:
@@ -369,6 +404,21 @@ def test_smoke_run_eval_only_predict_only_and_resume(tiny_ett_root: Path, tmp_pa
         "--no-plots",
     )
     rescored = json.loads((tmp_path / "seq2seq_etth" / "b" / "metrics.json").read_text())
+    np.testing.assert_allclose(rescored["mse"], metrics["mse"], rtol=1e-5)
+    # A checkpoint from before --channel-independent existed still re-scores the same.
+    old = torch.load(run / "checkpoint.pt", weights_only=False)
+    del old["config"]["channel_independent"]
+    torch.save(old, tmp_path / "old.pt")
+    main(
+        "--eval-only",
+        "--checkpoint",
+        tmp_path / "old.pt",
+        *common,
+        "--run-name",
+        "b0",
+        "--no-plots",
+    )
+    rescored = json.loads((tmp_path / "seq2seq_etth" / "b0" / "metrics.json").read_text())
     np.testing.assert_allclose(rescored["mse"], metrics["mse"], rtol=1e-5)
 
     # Predict-only reproduces the forecast; rolling over a second file continuing the first.
