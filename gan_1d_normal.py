@@ -344,12 +344,13 @@ class Discriminator(nn.Module):
 
 class FlatParams:
     """A module's parameters packed into ONE contiguous tensor `flat`, each parameter a view of
-    it, with a gradient tensor `grad` of the same layout (`views[i]` and `grads[i]` are the views
-    matching parameters()[i]; `views_t[i]` is views[i] transposed). The hand-written backward writes each gradient straight into its view
-    (out=), and the optimizer then updates every parameter with two ops on one tensor: torch's
-    foreach ops take a per-tensor slow path on the CPU, and at this size each op costs more in
-    dispatch than in arithmetic. Pack after moving the module to its device (.to() replaces the
-    parameters' storage); load_state_dict copies in place, so it keeps the packing."""
+    it, with a gradient tensor `grad` of the same layout (`views[i]` and `grads[i]` are the
+    views matching parameters()[i]; `views_t[i]` is views[i] transposed). The hand-written
+    backward writes each gradient straight into its view (out=), and the optimizer then updates
+    every parameter with three ops on one tensor: torch's foreach ops take a per-tensor slow path
+    on the CPU, and at this size each op costs more in dispatch than in arithmetic. Pack after
+    moving the module to its device (.to() replaces the parameters' storage); load_state_dict
+    copies in place, so it keeps the packing."""
 
     def __init__(self, module: nn.Module):
         self.params = list(module.parameters())
