@@ -4,7 +4,8 @@ All pipelines train the `notes` preset's G and D at batch 64 on the same device;
 in alternating rounds in one process (so background load hits all alike):
 
   script      gan_mnist.py as it trains: MNIST in one float tensor, batches drawn by index,
-              `gan_mnist.train_step` (D scores real and fake in one pass, EMA of G), fused Adam
+              `gan_mnist.train_step` (D scores real and fake in one pass, EMA of G, the
+              preset's lazy R1 penalty on D every 4th step), fused Adam
               where available, and the script's --precision (bfloat16 autocast on CPUs with
               native bf16 when it is `auto`);
   tensor      the same tensor batches and `train_step`, but float32 and torch.optim.Adam's
@@ -34,6 +35,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gan_mnist as gm  # noqa: E402
+
+R1_EVERY = gm.build_parser().get_default("r1_every")  # the script's lazy-R1 interval
 
 
 def notes_step(g, d, g_opt, d_opt, real, latent_dim: int) -> torch.Tensor:
@@ -118,6 +121,7 @@ def main() -> None:
             return gm.train_step(
                 g, d, g_opt, d_opt, [real], cfg["latent_dim"], recon_weight=cfg["recon_weight"],
                 ema=ema, ema_decay=0.999, step=i, autocast_dtype=precision,
+                r1_gamma=cfg["r1_gamma"], r1_every=R1_EVERY,
             )["d_loss"]  # fmt: skip
 
         return step

@@ -200,6 +200,43 @@ def test_train_step_bfloat16_autocast_keeps_float32_state():
     assert sum(isinstance(m, torch.nn.Dropout) for m in d) == 5  # after each hidden layer
 
 
+def test_r1_penalty_is_half_gamma_squared_input_gradient():
+    """For a linear D(x) = w.x + b the input gradient is w at every x, so R1 = gamma/2 ||w||^2;
+    for a GELU MLP it must match the per-sample autograd Jacobian row."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(784, 1)
+    x = torch.rand(8, 784)
+    expected = 0.5 * 10.0 * lin.weight.pow(2).sum()
+    torch.testing.assert_close(gm.r1_penalty(lin, x, 10.0), expected)
+    d = gm.build_discriminator("notes").double()
+    x = torch.rand(3, 784, dtype=torch.float64)
+    rows = [torch.autograd.functional.jacobian(lambda v: d(v[None])[0, 0], xi) for xi in x]
+    brute = 0.5 * 2.0 * torch.stack([r.pow(2).sum() for r in rows]).mean()
+    torch.testing.assert_close(gm.r1_penalty(d, x, 2.0), brute)
+    # create_graph: the penalty has a gradient with respect to D's weights
+    gm.r1_penalty(lin, torch.rand(4, 784), 1.0).backward()
+    torch.testing.assert_close(lin.weight.grad, lin.weight.detach())
+
+
+@pytest.mark.parametrize("step, applied", [(0, True), (1, False), (4, True)])
+def test_train_step_applies_lazy_r1_on_every_nth_d_update(step, applied):
+    """With --r1-every 4 the penalty (scaled by 4) joins D's gradient only on D updates 0, 4, ..."""
+    grads = {}
+    for gamma in (0.0, 3.0):
+        torch.manual_seed(0)
+        g, d = gm.build_generator("notes"), gm.build_discriminator("notes")
+        g_opt = torch.optim.SGD(g.parameters(), lr=0.0)
+        d_opt = torch.optim.SGD(d.parameters(), lr=0.0)  # lr 0: only the gradients change
+        real = torch.rand(16, 784)
+        gm.train_step(g, d, g_opt, d_opt, [real], 96, step=step, r1_gamma=gamma, r1_every=4)
+        grads[gamma] = d[0].weight.grad.clone()
+    if not applied:
+        torch.testing.assert_close(grads[3.0], grads[0.0])
+        return
+    lin_extra = torch.autograd.grad(gm.r1_penalty(d, real, 12.0), d[0].weight)[0]
+    torch.testing.assert_close(grads[3.0] - grads[0.0], lin_extra, rtol=1e-4, atol=1e-6)
+
+
 def test_make_adam_updates_like_plain_adam():
     cfg = dict(lr=1e-2, betas=(0.4, 0.8), weight_decay=1e-4)
     torch.manual_seed(0)
@@ -295,6 +332,8 @@ def test_classifier_cache_is_reused_and_invalidated(mnist_root, monkeypatch, cap
         (["--threads", "0"], "--threads must be >= 1"),
         (["--d-dropout", "1.0"], "--d-dropout must be in [0, 1)"),
         (["--real-label", "0.5"], "--real-label must be in (0.5, 1]"),
+        (["--r1-gamma", "-1"], "--r1-gamma must be >= 0"),
+        (["--r1-every", "0"], "--r1-every must be >= 1"),
         (["--generate", "5"], "--generate needs --checkpoint"),
         (["--samples-out", "x.npy"], "only used with --generate"),
         (["--resume", "/nonexistent/checkpoint.pt"], "does not exist"),
@@ -340,6 +379,8 @@ def test_resume_continues_the_run(mnist_root, tmp_path):
     log = (tmp_path / "gan_mnist" / "split" / "log.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in log if "d_loss" in json.loads(line)]
     assert steps == list(range(1, 17))  # the resumed run appends to the same log
+    # The notes preset's default R1 penalty (lazy, every 4th D step) is part of what resumes.
+    assert a["config"]["r1_gamma"] == 0.1 and a["config"]["r1_every"] == 4
 
 
 # ---------------------------------------------------------------------------- smoke run
@@ -351,13 +392,14 @@ def test_smoke_run_writes_everything_and_generates(mnist_root, tmp_path):
         "gan_mnist.py", "--data-root", mnist_root, "--out", out, "--run-name", "smoke", "--epochs", "2",
         "--eval-every", "1", "--eval-samples", "100", "--sample-every", "5", "--log-every", "3",
         "--preset", "classic", "--d-steps", "2", "--lr-decay", "linear", "--precision", "bfloat16",
-        "--d-dropout", "0.2", "--real-label", "0.9",
+        "--d-dropout", "0.2", "--real-label", "0.9", "--r1-gamma", "0.5", "--r1-every", "2",
     )  # fmt: skip
     assert "FID" in proc.stdout and "steps/s" in proc.stdout
     run = out / "gan_mnist" / "smoke"
     config = json.loads((run / "config.json").read_text())
     assert config["preset"] == "classic" and config["steps_per_epoch"] == 512 // (64 * 2)
     assert config["autocast_dtype"] == "bfloat16" and config["d_dropout"] == 0.2
+    assert config["r1_gamma"] == 0.5 and config["r1_every"] == 2
     metrics = json.loads((run / "metrics.json").read_text())
     final = metrics["final"]
     assert metrics["steps"] == 8 and [e["epoch"] for e in metrics["evals"]] == [1, 2]
