@@ -197,7 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", default=None, help="default: a timestamp YYYYmmdd-HHMMSS")
     p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint.pt")
     p.add_argument("--generate", type=int, default=None, metavar="N", help="only write N samples")
-    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for --generate")
+    p.add_argument(
+        "--checkpoint", type=Path, default=None, help="checkpoint for --generate / --eval-only"
+    )
+    p.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="score --checkpoint's generators (--eval-samples samples, raw and EMA weights), "
+        "print and write eval_only.json beside it, without training",
+    )
     p.add_argument("--samples-out", type=Path, default=None, help=".npy file for --generate")
     p.add_argument(
         "--train-classifier-only",
@@ -239,14 +247,26 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.eval_every < 0:
         parser.error("--eval-every must be >= 0")
     if args.generate is not None:
+        if args.eval_only:
+            parser.error("--generate and --eval-only are separate modes: use one")
         if args.generate < 1:
             parser.error("--generate N needs N >= 1")
         if args.checkpoint is None or args.samples_out is None:
             parser.error("--generate needs --checkpoint PATH and --samples-out FILE.npy")
         if not args.checkpoint.is_file():
             parser.error(f"--checkpoint {args.checkpoint} does not exist")
+    elif args.eval_only:
+        if args.checkpoint is None:
+            parser.error("--eval-only needs --checkpoint PATH")
+        if not args.checkpoint.is_file():
+            parser.error(f"--checkpoint {args.checkpoint} does not exist")
+        if args.samples_out is not None:
+            parser.error("--samples-out is only used with --generate N")
     elif args.checkpoint is not None or args.samples_out is not None:
-        parser.error("--checkpoint and --samples-out are only used with --generate N")
+        parser.error(
+            "--checkpoint is only used with --generate N or --eval-only, --samples-out "
+            "only with --generate N"
+        )
     if args.resume is not None and not args.resume.is_file():
         parser.error(f"--resume {args.resume} does not exist")
 
@@ -747,6 +767,19 @@ def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
     return float(np.mean(scores)), float(np.std(scores))
 
 
+def label_entropies(probs: np.ndarray) -> dict[str, float]:
+    """The two halves of the Inception Score: ln IS = H(y) - E_x H(y|x) (for one split), so a
+    low score is either an uneven digit mix (H(y) below ln 10 = 2.303 nats) or ambiguous
+    samples (large E_x H(y|x)). `ambiguous_fraction`: share of samples with H(y|x) > 0.5 nats."""
+    p_y = probs.mean(axis=0)
+    per_sample = -(probs * np.log(probs + 1e-12)).sum(axis=1)
+    return {
+        "label_entropy": float(-(p_y * np.log(p_y + 1e-12)).sum()),
+        "mean_conditional_entropy": float(per_sample.mean()),
+        "ambiguous_fraction": float((per_sample > 0.5).mean()),
+    }
+
+
 class Evaluator:
     """Scores generated [0, 1] images against MNIST test, with the real-data floor."""
 
@@ -762,6 +795,7 @@ class Evaluator:
         )
         self.fid_floor = frechet_distance(*gaussian_stats(train_feats), self.test_mu, self.test_cov)
         self.is_real_test = inception_score(test_probs)[0]
+        self.real_test_entropies = label_entropies(test_probs)
 
     def score(self, x01: torch.Tensor) -> dict:
         feats, probs = classifier_outputs(self.classifier, x01)
@@ -775,6 +809,7 @@ class Evaluator:
             "is_std": is_std,
             "digit_fractions": [round(float(f), 4) for f in fractions],
             "min_digit_fraction": float(fractions.min()),
+            **label_entropies(probs),
         }
 
 
@@ -843,6 +878,32 @@ def generate_mode(args: argparse.Namespace, device: torch.device) -> None:
     print(f"wrote {images.shape} uint8 samples to {args.samples_out}")
 
 
+def eval_only_mode(args: argparse.Namespace, device: torch.device) -> dict:
+    """Re-score a saved run: the same evaluation as at the end of training, on fresh noise
+    from the run's evaluation seed, so an unchanged checkpoint reproduces its final scores."""
+    ckpt = torch.load(args.checkpoint, map_location=device, weights_only=False)
+    cfg = ckpt["config"]
+    gens = {}
+    for name, key in (("raw", "generator"), ("ema", "ema")):
+        if ckpt.get(key) is not None:
+            gens[name] = build_generator(cfg["preset"]).to(device)
+            gens[name].load_state_dict(ckpt[key])
+    mnist = load_mnist(args.data_root)
+    classifier, _ = load_or_train_classifier(mnist, args.data_root, device)
+    evaluator = Evaluator(
+        classifier, mnist, device, min(args.eval_samples, len(mnist["train_images"]))
+    )
+    result = {"epoch": ckpt["epoch"], "step": ckpt["step"]}
+    result.update(evaluate(evaluator, gens, cfg, args.eval_samples, device, cfg["seed"] + 2))
+    print(f"eval of {args.checkpoint} (epoch {ckpt['epoch']}):\n{format_eval(result)}")
+    out = args.checkpoint.parent / "eval_only.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return result
+
+
 def evaluate(
     evaluator: Evaluator,
     generators: dict[str, nn.Module],
@@ -866,6 +927,7 @@ def evaluate(
         **variants[headline_name],
         "fid_floor": evaluator.fid_floor,
         "is_real_test": evaluator.is_real_test,
+        "real_test_entropies": evaluator.real_test_entropies,
         "variants": variants,
     }
 
@@ -878,6 +940,18 @@ def format_eval(result: dict) -> str:
         "  digit fractions "
         + " ".join(f"{d}:{f:.3f}" for d, f in enumerate(result["digit_fractions"])),
     ]
+    if "label_entropy" in result:  # evaluations stored before this breakdown existed lack it
+        lines.append(
+            f"  H(y) {result['label_entropy']:.3f} nats (uniform {math.log(10):.3f}), "
+            f"E H(y|x) {result['mean_conditional_entropy']:.3f}, "
+            f"ambiguous (H(y|x) > 0.5) {result['ambiguous_fraction']:.3f}"
+            + (
+                f" (real test: {result['real_test_entropies']['mean_conditional_entropy']:.3f}, "
+                f"{result['real_test_entropies']['ambiguous_fraction']:.3f})"
+                if "real_test_entropies" in result
+                else ""
+            )
+        )
     for name, v in result["variants"].items():
         lines.append(
             f"    {name:13s} FID {v['fid']:8.3f}  IS {v['is']:.2f}  min digit {v['min_digit_fraction']:.3f}"
@@ -1125,6 +1199,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if args.generate is not None:
         generate_mode(args, device)
+        return
+    if args.eval_only:
+        eval_only_mode(args, device)
         return
     if args.train_classifier_only:
         mnist = load_mnist(args.data_root)

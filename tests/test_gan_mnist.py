@@ -237,6 +237,24 @@ def test_train_step_applies_lazy_r1_on_every_nth_d_update(step, applied):
     torch.testing.assert_close(grads[3.0] - grads[0.0], lin_extra, rtol=1e-4, atol=1e-6)
 
 
+def test_label_entropies_split_the_inception_score():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(500, 10)) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    parts = gm.label_entropies(probs)
+    is_one_split = gm.inception_score(probs, splits=1)[0]
+    assert math.exp(parts["label_entropy"] - parts["mean_conditional_entropy"]) == pytest.approx(
+        is_one_split, rel=1e-9
+    )
+    sharp = np.eye(10)[rng.integers(0, 10, 1000)]  # confident and evenly spread: IS 10
+    parts = gm.label_entropies(sharp)
+    assert parts["mean_conditional_entropy"] == pytest.approx(0.0, abs=1e-9)
+    assert parts["ambiguous_fraction"] == 0.0
+    assert parts["label_entropy"] == pytest.approx(math.log(10), abs=0.01)
+    flat = np.full((10, 10), 0.1)
+    assert gm.label_entropies(flat)["ambiguous_fraction"] == 1.0
+
+
 def test_make_adam_updates_like_plain_adam():
     cfg = dict(lr=1e-2, betas=(0.4, 0.8), weight_decay=1e-4)
     torch.manual_seed(0)
@@ -336,6 +354,8 @@ def test_classifier_cache_is_reused_and_invalidated(mnist_root, monkeypatch, cap
         (["--r1-every", "0"], "--r1-every must be >= 1"),
         (["--generate", "5"], "--generate needs --checkpoint"),
         (["--samples-out", "x.npy"], "only used with --generate"),
+        (["--eval-only"], "--eval-only needs --checkpoint"),
+        (["--eval-only", "--generate", "3"], "separate modes"),
         (["--resume", "/nonexistent/checkpoint.pt"], "does not exist"),
     ],
 )
@@ -433,6 +453,16 @@ def test_smoke_run_writes_everything_and_generates(mnist_root, tmp_path):
     images = np.load(npy)
     assert images.dtype == np.uint8 and images.shape == (37, 28, 28)
     assert images.max() > images.min()
+    # --eval-only re-scores the checkpoint: same noise seed and sample count as the run's final
+    # evaluation, so the same numbers.
+    gm.main([
+        "--eval-only", "--checkpoint", str(run / "checkpoint.pt"), "--data-root", str(mnist_root),
+        "--eval-samples", "100",
+    ])  # fmt: skip
+    again = json.loads((run / "eval_only.json").read_text())
+    assert again["fid"] == pytest.approx(final["fid"], rel=1e-6)
+    assert again["is"] == pytest.approx(final["is"], rel=1e-6) and again["epoch"] == 2
+    assert {"label_entropy", "mean_conditional_entropy", "ambiguous_fraction"} <= set(again)
     # A single sample still gets batch statistics (drawn inside a full batch).
     gm.main(
         ["--generate", "1", "--checkpoint", str(run / "checkpoint.pt"), "--samples-out", str(npy)]
