@@ -940,18 +940,13 @@ def format_eval(result: dict) -> str:
         "  digit fractions "
         + " ".join(f"{d}:{f:.3f}" for d, f in enumerate(result["digit_fractions"])),
     ]
-    if "label_entropy" in result:  # evaluations stored before this breakdown existed lack it
-        lines.append(
-            f"  H(y) {result['label_entropy']:.3f} nats (uniform {math.log(10):.3f}), "
-            f"E H(y|x) {result['mean_conditional_entropy']:.3f}, "
-            f"ambiguous (H(y|x) > 0.5) {result['ambiguous_fraction']:.3f}"
-            + (
-                f" (real test: {result['real_test_entropies']['mean_conditional_entropy']:.3f}, "
-                f"{result['real_test_entropies']['ambiguous_fraction']:.3f})"
-                if "real_test_entropies" in result
-                else ""
-            )
-        )
+    real = result["real_test_entropies"]
+    lines.append(
+        f"  H(y) {result['label_entropy']:.3f} nats (uniform {math.log(10):.3f}), "
+        f"E H(y|x) {result['mean_conditional_entropy']:.3f}, "
+        f"ambiguous (H(y|x) > 0.5) {result['ambiguous_fraction']:.3f} "
+        f"(real test: {real['mean_conditional_entropy']:.3f}, {real['ambiguous_fraction']:.3f})"
+    )
     for name, v in result["variants"].items():
         lines.append(
             f"    {name:13s} FID {v['fid']:8.3f}  IS {v['is']:.2f}  min digit {v['min_digit_fraction']:.3f}"
