@@ -334,6 +334,12 @@ def test_impossible_flags_exit_2(argv, capsys):
     assert "error" in capsys.readouterr().err
 
 
+def test_logit_alpha_defaults_per_dataset_and_an_explicit_value_wins():
+    assert R.parse_args([]).logit_alpha == 1e-6
+    assert R.parse_args(["--dataset", "cifar10"]).logit_alpha == 0.05
+    assert R.parse_args(["--logit-alpha", "0.05"]).logit_alpha == 0.05
+
+
 def test_cifar10_batches_load_from_the_torchvision_layout(tmp_path):
     import pickle
 
