@@ -394,6 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(the channels become extra batch rows, as in PatchTST / SegRNN); 7 -> 7 still",
     )
     p.add_argument(
+        "--segment",
+        type=int,
+        default=1,
+        metavar="S",
+        help="steps per LSTM step: the encoder reads the window as L/S segments of S steps and "
+        "the decoder emits S steps at a time (SegRNN's segment-wise iteration); 1 = one step at "
+        "a time, as the notes. L and H must be multiples of S",
+    )
+    p.add_argument(
         "--time-features",
         action="store_true",
         help="also feed the timeF calendar features (encoder: input rows, decoder: "
@@ -470,6 +479,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--data takes one of {', '.join(ETT_NAMES)} or a path ending in .csv")
     if args.channel_independent and args.features != "M":
         parser.error("--channel-independent needs --features M (S has one channel; MS mixes them)")
+    if args.segment < 1 or args.window % args.segment or args.horizon % args.segment:
+        parser.error(
+            f"--segment {args.segment} must be >= 1 and divide --window {args.window} and "
+            f"--horizon {args.horizon}"
+        )
     if args.instance_norm == "none":
         args.instance_norm = None  # the model (and checkpoints before this flag value) use None
     return args
@@ -539,7 +553,12 @@ class Seq2Seq(nn.Module):
     channel_independent: the C input channels (all of them forecast, out_channels = 0..C-1) are
     split into C univariate series that share one encoder/decoder: window [B, L, C] becomes
     C*B series [C*B, L, 1] and the forecasts are put back as [B, H, C]. Each channel is then
-    predicted from its own past only, with C times the training series per batch."""
+    predicted from its own past only, with C times the training series per batch.
+
+    segment S > 1 (SegRNN, Lin et al. 2023, applied to this encoder-decoder): the encoder reads
+    L/S segments of S steps (all channels) per LSTM step, attention runs over those L/S outputs,
+    and each decoder step emits the next S steps; teacher forcing feeds a whole true segment. The
+    recurrences get S times shorter (less to remember, fewer sequential steps)."""
 
     def __init__(
         self,
@@ -554,8 +573,11 @@ class Seq2Seq(nn.Module):
         instance_norm: str | None = None,
         mark_dim: int = 0,
         channel_independent: bool = False,
+        segment: int = 1,
     ) -> None:
         super().__init__()
+        if window % segment or horizon % segment:
+            raise ValueError(f"segment {segment} must divide window {window} and horizon {horizon}")
         if channel_independent and list(out_channels) != list(range(in_dim)):
             raise ValueError("channel_independent forecasts every input channel (features M)")
         self.channel_independent = channel_independent
@@ -563,18 +585,21 @@ class Seq2Seq(nn.Module):
             in_dim, out_channels = 1, [0]  # the shared model sees one series at a time
         self.out_channels = list(out_channels)
         self.horizon = horizon
+        self.segment = segment
         self.teacher_forcing = teacher_forcing
         self.instance_norm = instance_norm
         self.mark_dim = mark_dim
         self.register_buffer("out_index", torch.tensor(self.out_channels), persistent=False)
         self.encoder = nn.LSTM(
-            in_dim + mark_dim,
+            (in_dim + mark_dim) * segment,
             hidden,
             num_layers=layers,
             batch_first=True,
             dropout=dropout if layers > 1 else 0.0,
         )
-        self.decoder = AttentionDecoderCell(window, hidden, len(self.out_channels), mark_dim)
+        self.decoder = AttentionDecoderCell(
+            window // segment, hidden, len(self.out_channels) * segment, mark_dim * segment
+        )
 
     def forward(
         self,
@@ -616,23 +641,33 @@ class Seq2Seq(nn.Module):
             out_level = level.index_select(2, self.out_index)  # [B, 1, out]
             if target is not None:
                 target = target - out_level
+        s = self.segment
+
+        def segments(t: torch.Tensor) -> torch.Tensor:  # [B, T, K] -> [B, T/S, S*K], time-major
+            return t.reshape(t.shape[0], t.shape[1] // s, s * t.shape[2])
+
         enc_in = x if not self.mark_dim else torch.cat((x, x_mark), dim=2)
-        encoder_out, (h_n, c_n) = self.encoder(enc_in)
+        encoder_out, (h_n, c_n) = self.encoder(segments(enc_in))
         state = (h_n[-1], c_n[-1])  # the top layer's final (h, c) seeds the decoder
-        y_prev = x[:, -1].index_select(1, self.out_index)
+        y_prev = segments(x[:, -s:].index_select(2, self.out_index))[:, 0]  # last input segment
+        if target is not None:
+            target = segments(target)
+        if self.mark_dim:
+            y_mark = segments(y_mark)
+        steps = self.horizon // s
         # Teacher forcing only in training mode and only with targets: eval never sees the truth.
         use_truth = self.training and target is not None and self.teacher_forcing > 0
         if use_truth:
-            coins = (torch.rand(self.horizon) < self.teacher_forcing).tolist()
+            coins = (torch.rand(steps) < self.teacher_forcing).tolist()
         outputs = []
-        for t in range(self.horizon):
+        for t in range(steps):
             if use_truth and t > 0 and coins[t]:
                 # The TRUE previous value y_{t-1}; the notes fed y_t, the very step to predict.
                 y_prev = target[:, t - 1]
             mark = y_mark[:, t] if self.mark_dim else None
             y_prev, state = self.decoder(encoder_out, state, y_prev, mark)
             outputs.append(y_prev)
-        pred = torch.stack(outputs, dim=1)
+        pred = torch.stack(outputs, dim=1).reshape(x.shape[0], self.horizon, -1)
         return pred if level is None else pred + out_level
 
 
@@ -960,9 +995,10 @@ MODEL_KEYS = (
     "instance_norm",
     "time_features",
     "channel_independent",
+    "segment",
 )
 # What a checkpoint written before a model key existed meant by it.
-MODEL_KEY_DEFAULTS = {"channel_independent": False}
+MODEL_KEY_DEFAULTS = {"channel_independent": False, "segment": 1}
 
 
 def build_model(args, data: ETTData) -> Seq2Seq:
@@ -978,6 +1014,7 @@ def build_model(args, data: ETTData) -> Seq2Seq:
         instance_norm=args.instance_norm,
         mark_dim=data.train.marks.shape[1] if args.time_features else 0,
         channel_independent=args.channel_independent,
+        segment=args.segment,
     )
 
 

@@ -40,6 +40,9 @@ for _h in (24, 96, 192, 336, 720):
     SETTINGS[f"S{_h}-in"] = ["--features", "S", "--horizon", str(_h), "--instance-norm", "last"]
     # "-ci": instance norm + one shared univariate model for all seven channels.
     SETTINGS[f"M{_h}-ci"] = SETTINGS[f"M{_h}-in"] + ["--channel-independent"]
+    # "-seg24": 24 time steps per LSTM step in encoder and decoder (SegRNN's ETTh1 segment).
+    SETTINGS[f"M{_h}-ci-seg24"] = SETTINGS[f"M{_h}-ci"] + ["--segment", "24"]
+    SETTINGS[f"S{_h}-in-seg24"] = SETTINGS[f"S{_h}-in"] + ["--segment", "24"]
 
 # Published ETTh1 numbers (standard protocol, normalised MSE/MAE) for the table's last column.
 PUBLISHED = {

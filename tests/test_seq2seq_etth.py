@@ -271,6 +271,44 @@ def test_channel_independent_forecasts_each_channel_from_its_own_past(mark_dim: 
         _model([6], in_dim=7, channel_independent=True)
 
 
+@pytest.mark.parametrize("channel_independent", [False, True])
+def test_segments_shorten_the_recurrences_and_keep_the_output_layout(channel_independent) -> None:
+    model = _model(
+        list(range(3)), in_dim=3, horizon=6, segment=3, channel_independent=channel_independent
+    )
+    c = 1 if channel_independent else 3
+    assert model.encoder.input_size == 3 * c  # one LSTM step reads 3 time steps
+    assert model.decoder.attention.out_features == 4  # 12 / 3 encoder outputs to attend over
+    assert model.decoder.head.out_features == 3 * c  # one decoder step emits 3 time steps
+    x = torch.randn(2, 12, 3)
+    model.eval()
+    with torch.no_grad():
+        pred = model(x)
+        assert pred.shape == (2, 6, 3)
+        # A step in the middle of a segment still reaches the forecast (it is read, not skipped).
+        moved = x.clone()
+        moved[:, 4, :] += 3.0
+        assert not torch.allclose(model(moved), pred)
+    with pytest.raises(ValueError, match="must divide"):
+        _model([6], segment=5)
+
+
+def test_segment_teacher_forcing_feeds_the_previous_true_segment() -> None:
+    model = _model(list(range(7)), horizon=6, segment=2, teacher_forcing=1.0).train()
+    x = torch.randn(2, 12, 7)
+    target = torch.randn(2, 6, 7)
+    with torch.no_grad():
+        base = model(x, target=target)
+        changed = target.clone()
+        changed[:, 2:4] += 10.0  # the second true segment may only influence the third
+        moved = model(x, target=changed)
+        last = target.clone()
+        last[:, 4:] += 10.0  # the last segment is never fed back
+        np.testing.assert_array_equal(model(x, target=last).numpy(), base.numpy())
+    np.testing.assert_allclose(moved[:, :4].numpy(), base[:, :4].numpy(), atol=1e-6)
+    assert not torch.allclose(moved[:, 4:], base[:, 4:])
+
+
 def test_persistence_baseline_on_hand_made_series() -> None:
     series = np.arange(20, dtype=np.float32)[:, None] * np.array([[1.0, -2.0]], dtype=np.float32)
     split = s2s.Split(
@@ -319,6 +357,9 @@ def test_score_original_units(tiny_ett_root: Path) -> None:
         ["--data", "not_a_csv"],
         ["--channel-independent", "--features", "MS"],
         ["--channel-independent", "--features", "S"],
+        ["--segment", "0"],
+        ["--segment", "5"],  # does not divide 96
+        ["--segment", "12", "--horizon", "30"],
     ],
 )
 def test_impossible_flags_exit_2(argv: list[str]) -> None:
