@@ -20,6 +20,9 @@ Full run (ETTh1, 7 -> 7 channels, input 96, horizon 96):
     python seq2seq_etth.py
     python seq2seq_etth.py --instance-norm none       # the notes' model, no per-window shift
     python seq2seq_etth.py --features S --horizon 24  # univariate OT
+    # the most accurate and fastest setting measured (H=96: MSE 0.385, about 1 min of training):
+    # one shared model per channel, 24 time steps per LSTM step (SegRNN's segments)
+    python seq2seq_etth.py --channel-independent --segment 24
 Quick run (about 30 s on 2 CPU cores):
     python seq2seq_etth.py --epochs 1 --max-train-batches 20 --horizon 24
 Re-score / forecast from a checkpoint:
