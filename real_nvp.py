@@ -1464,6 +1464,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.resume and not Path(args.resume).is_file():
         raise SystemExit(f"error: --resume {args.resume}: no such checkpoint")
+    if args.resume and args.dataset not in TOY_DATASETS:
+        # The logit transform is part of the density the checkpoint models, and its default has
+        # changed (0.05 -> 1e-6 on MNIST): continue with the checkpoint's value.
+        saved = torch.load(args.resume, map_location="cpu", weights_only=False)["args"]
+        if saved.get("logit_alpha", args.logit_alpha) != args.logit_alpha:
+            print(f"--resume: using the checkpoint's --logit-alpha {saved['logit_alpha']}")
+            args.logit_alpha = saved["logit_alpha"]
     ctx = Dist(args.device)
     if ctx.enabled and ctx.device.type == "cpu" and not args.num_threads:
         # several processes share the cores: one slice each instead of oversubscribing

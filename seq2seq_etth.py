@@ -551,7 +551,7 @@ class AttentionDecoderCell(nn.Module):
 
 
 class Seq2Seq(nn.Module):
-    """LSTM encoder + attention LSTM decoder, rolled out one step at a time over the horizon.
+    """LSTM encoder + attention LSTM decoder, rolled out one step (or segment) at a time.
 
     channel_independent: the C input channels (all of them forecast, out_channels = 0..C-1) are
     split into C univariate series that share one encoder/decoder: window [B, L, C] becomes

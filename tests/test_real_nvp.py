@@ -386,7 +386,10 @@ def test_script_smoke_resume_and_generate(tiny_mnist_root, tmp_path):
         "--st-dtype",
         "float32",  # exact reconstruction check below; bf16 is covered by its own test
     ]
-    run_script("real_nvp.py", *common, *small, "--epochs", "1", "--steps", "3", "--run-name", "a")
+    run_script(
+        "real_nvp.py", *common, *small, "--epochs", "1", "--steps", "3", "--run-name", "a",
+        "--logit-alpha", "0.05",
+    )  # fmt: skip
     run = tmp_path / "real_nvp" / "a"
     for name in (
         "config.json",
@@ -418,6 +421,10 @@ def test_script_smoke_resume_and_generate(tiny_mnist_root, tmp_path):
         run / "checkpoint.pt",
     )
     assert json.loads((tmp_path / "real_nvp" / "b" / "metrics.json").read_text())["steps"] == 5
+    # ... and keeps the checkpoint's logit alpha, not today's MNIST default (1e-6)
+    assert (
+        json.loads((tmp_path / "real_nvp" / "b" / "config.json").read_text())["logit_alpha"] == 0.05
+    )
     out = tmp_path / "s.npy"
     proc = run_script(
         "real_nvp.py",
