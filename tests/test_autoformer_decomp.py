@@ -146,6 +146,26 @@ def test_autocorrelation_shapes_and_per_sample_inference():
     assert per_head.groups == 4 and per_head(x, x, x).shape == (6, 20, 16)
 
 
+def test_head_count_matters_only_with_delays_per_head():
+    """With head-shared delays (the default, as the paper's code) the correlation is averaged
+    over every head and channel, so the same weights give the same output for any n_heads;
+    with --delays-per-head each head picks its own delays and the output changes."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 24, 16)
+    outputs = {}
+    for shared in (True, False):
+        for heads in (1, 4):
+            layer = af.AutoCorrelation(16, heads, factor=2, delays_per_head=not shared)
+            torch.manual_seed(1)  # the same projection weights for every head count
+            for p in layer.parameters():
+                torch.nn.init.normal_(p)
+            for mode in (True, False):
+                outputs[shared, heads, mode] = layer.train(mode)(x, x, x).detach()
+    for mode in (True, False):
+        torch.testing.assert_close(outputs[True, 1, mode], outputs[True, 4, mode])
+        assert not torch.allclose(outputs[False, 1, mode], outputs[False, 4, mode], atol=1e-3)
+
+
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
