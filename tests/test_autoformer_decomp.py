@@ -277,7 +277,7 @@ def test_preset_values_and_overrides():
         512, 8, 2048, 2, 1)  # fmt: skip
     assert (paper.dropout, paper.factor, paper.moving_avg) == (0.05, 3.0, 25)
     cpu = af.parse_args(["--preset", "cpu", "--d-ff", "256"])
-    assert (cpu.d_model, cpu.d_ff, cpu.e_layers, cpu.dropout) == (128, 256, 1, 0.1)
+    assert (cpu.d_model, cpu.d_ff, cpu.e_layers, cpu.dropout) == (128, 256, 1, 0.05)
     assert af.parse_args([]).e_layers == 1  # cpu is the default preset
     # official-128: the paper's layout at the size (what the speed benchmark times).
     official = af.parse_args(["--preset", "official-128", "--dropout", "0.2"])
