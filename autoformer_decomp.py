@@ -61,11 +61,9 @@ from seq2seq_etth import ETT_NAMES, ETTData, load_ett, make_windows
 PRESETS: dict[str, dict] = {
     "paper": dict(d_model=512, n_heads=8, e_layers=2, d_layers=1, d_ff=2048, dropout=0.05,
                   factor=3.0, moving_avg=25),
-    "official-128": dict(d_model=128, n_heads=8, e_layers=2, d_layers=1, d_ff=512,
-                         dropout=0.05, factor=3.0, moving_avg=25),
-    "cpu": dict(d_model=128, n_heads=8, e_layers=1, d_layers=1, d_ff=512, dropout=0.05,
-                factor=3.0, moving_avg=25),
 }  # fmt: skip
+PRESETS["official-128"] = {**PRESETS["paper"], "d_model": 128, "d_ff": 512}
+PRESETS["cpu"] = {**PRESETS["official-128"], "e_layers": 1}
 
 
 def build_parser() -> argparse.ArgumentParser:
