@@ -26,7 +26,8 @@ the classifier Inception Score (max 10), and the fraction of samples per predict
 Speed on a CPU: MNIST sits in one tensor (batches by index, no per-sample PIL transforms), D
 scores real and fake in one pass, Adam is the fused kernel, and with --precision auto the Linear
 layers run in bfloat16 where the CPU/GPU has it natively (weights, optimizer and losses stay
-float32). Sampling uses an EMA of G's weights with per-batch BatchNorm statistics.
+float32), and glibc is told to keep freed multi-MB blocks instead of re-mapping them every step.
+Sampling uses an EMA of G's weights with per-batch BatchNorm statistics.
 
 Full run:   python gan_mnist.py     # notes preset, 30 epochs, LR falling linearly to 0 (~10 min on
                                     # a quiet 2-core CPU with AVX512-BF16)
@@ -124,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the notes' L1 term |G(z) - x| in G's loss (default: the preset's)",
     )
     p.add_argument(
+        "--recon-decay",
+        choices=["none", "linear"],
+        default="none",
+        help="linear: the L1 term's weight falls linearly to 0 over the planned --epochs",
+    )
+    p.add_argument(
         "--d-dropout",
         type=float,
         default=0.0,
@@ -152,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
         "2020, Sec. 3.1): the same penalty on average at 1/N of its cost",
     )
     p.add_argument(
+        "--r1-pass",
+        choices=["shared", "separate"],
+        default="shared",
+        help="shared: R1's gradient comes from D's own pass over [real; fake] (one forward less, "
+        "the double backward in --precision's dtype); separate: an extra float32 pass",
+    )
+    p.add_argument(
         "--lr-decay",
         choices=["none", "linear"],
         default="linear",
@@ -159,9 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
         "resumed run plans over the --epochs given on its command line)",
     )
     p.add_argument(
+        "--d-lr-scale",
+        type=float,
+        default=1.0,
+        help="D's learning rate = the preset's lr times this (two time-scale update rule, "
+        "Heusel et al. 2017); G keeps the preset's lr",
+    )
+    p.add_argument(
+        "--top-k",
+        type=float,
+        default=1.0,
+        help="smallest fraction nu of each fake batch that G's adversarial loss uses: only the k "
+        "samples D rates most real count, k = batch * max(nu, decay^epoch) (Sinha et al. 2020, "
+        "top-k training); 1 uses every sample",
+    )
+    p.add_argument(
+        "--top-k-decay", type=float, default=0.99, help="per-epoch decay of the top-k fraction"
+    )
+    p.add_argument(
         "--ema-decay",
         type=float,
-        default=0.999,
+        default=0.9999,
         help="EMA of G's weights used for sampling and evaluation; 0 disables it",
     )
     p.add_argument(
@@ -237,6 +269,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--r1-gamma must be >= 0")
     if args.r1_every < 1:
         parser.error("--r1-every must be >= 1")
+    if args.d_lr_scale <= 0:
+        parser.error("--d-lr-scale must be > 0")
+    if not 0.0 < args.top_k <= 1.0:
+        parser.error("--top-k must be in (0, 1] (the fraction of each fake batch G learns from)")
+    if not 0.0 < args.top_k_decay <= 1.0:
+        parser.error("--top-k-decay must be in (0, 1]")
     if args.eval_samples < 10:
         parser.error("--eval-samples must be >= 10 (the Inception Score uses 10 splits)")
     for name in ("sample_every", "log_every"):
@@ -304,16 +342,40 @@ def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def make_adam(module: nn.Module, cfg: dict) -> torch.optim.Adam:
+def make_adam(module: nn.Module, cfg: dict, lr: float | None = None) -> torch.optim.Adam:
     """Adam with the preset's settings; the fused kernel (one pass over all parameters instead of
     about ten multi-tensor ops) where this torch build has it for the device, else the default.
     Same update rule either way; on a CPU fused Adam made the whole step ~1.3x faster."""
     params = list(module.parameters())
-    kw = dict(lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    kw = dict(
+        lr=lr if lr is not None else cfg["lr"],
+        betas=tuple(cfg["betas"]),
+        weight_decay=cfg["weight_decay"],
+    )
     try:
         return torch.optim.Adam(params, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, **kw)
+
+
+def keep_freed_memory_mapped() -> bool:
+    """Stop glibc from handing large freed blocks back to the OS after every step.
+
+    Each step allocates and frees the same multi-MB tensors (bf16 weight casts, weight gradients):
+    above glibc's mmap threshold every one is a fresh mmap whose pages fault in one by one on first
+    write, and freed heap top is trimmed. With the thresholds raised, the blocks stay in the heap
+    and are reused. Linux/glibc only; a no-op (False) elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers in <malloc.h>
+    ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
+    return libc.mallopt(m_trim_threshold, 1 << 30) == 1 and ok
 
 
 def seed_everything(seed: int) -> None:
@@ -522,7 +584,16 @@ def r1_penalty(discriminator: nn.Module, real: torch.Tensor, gamma: float) -> to
     return 0.5 * gamma * grad.pow(2).sum(dim=1).mean()
 
 
-def generator_loss(fake_logits: torch.Tensor, form: str) -> torch.Tensor:
+def top_k_count(batch: int, smallest_fraction: float, decay: float, epoch: int) -> int:
+    """Top-k training's k for this epoch: batch * max(nu, decay^epoch) (Sinha et al. 2020)."""
+    return max(1, round(batch * max(smallest_fraction, decay**epoch)))
+
+
+def generator_loss(fake_logits: torch.Tensor, form: str, top_k: int | None = None) -> torch.Tensor:
+    if top_k is not None and top_k < fake_logits.shape[0]:
+        # Top-k training: only the k fakes D finds most realistic drive G's adversarial loss;
+        # the worst ones' gradients point away from the data (Sinha et al. 2020, Sec. 3).
+        fake_logits = fake_logits.flatten().topk(top_k).values
     if form == "nonsaturating":
         # Sec. 3: maximise log D(G(z)), i.e. minimise -log D(G(z)) = softplus(-l).
         return F.softplus(-fake_logits).mean()
@@ -546,6 +617,8 @@ def train_step(
     autocast_dtype: torch.dtype | None = None,
     r1_gamma: float = 0.0,
     r1_every: int = 1,
+    top_k: int | None = None,
+    r1_fused: bool = False,
 ) -> dict[str, torch.Tensor]:
     """One iteration of Algorithm 1: k = len(real_batches) D updates, then one G update.
 
@@ -569,22 +642,34 @@ def train_step(
             fake = generator(z)
         # D scores real and fake in one pass: D has no BatchNorm, so each row's logit is the
         # same as in two separate passes, at one set of larger (faster) matrix products.
+        r1_now = r1_gamma > 0 and (step * len(real_batches) + i) % r1_every == 0
+        if r1_now and r1_fused:
+            # R1 from this same pass: the real rows' logits depend on their own inputs only (no
+            # BatchNorm in D), so d logit_i / d x_i is R1's gradient; one forward is saved and
+            # the double backward runs in the autocast dtype.
+            real = real.detach().requires_grad_(True)
         with mixed_precision():
             logits = discriminator(torch.cat([real, fake.detach().to(real.dtype)])).float()
         real_logits, fake_logits = logits[:batch], logits[batch:]
         d_loss = discriminator_loss(real_logits, fake_logits, real_label)
         d_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        if r1_gamma > 0 and (step * len(real_batches) + i) % r1_every == 0:
-            # Accumulates into the same .grad before the step, so D descends loss + penalty.
-            r1_penalty(discriminator, real, r1_gamma * r1_every).backward()
+        if r1_now and r1_fused:
+            (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+            penalty = 0.5 * r1_gamma * r1_every * grad.float().pow(2).sum(dim=1).mean()
+            (d_loss + penalty).backward()
+            real = real.detach()
+        else:
+            d_loss.backward()
+            if r1_now:
+                # Accumulates into the same .grad before the step, so D descends loss + penalty.
+                r1_penalty(discriminator, real, r1_gamma * r1_every).backward()
         d_opt.step()
 
     # G update: descend the generator loss through the just-updated D.
     with mixed_precision():
         fake_logits_g = discriminator(fake).float()
     fake = fake.float()
-    adv = generator_loss(fake_logits_g, g_loss_form)
+    adv = generator_loss(fake_logits_g, g_loss_form, top_k)
     # The notes' L1 "reconstruction" term pulls G(z) towards an unpaired real batch x.
     recon = (fake - real_batches[-1]).abs().mean()
     g_loss = adv + recon_weight * recon if recon_weight > 0 else adv
@@ -997,7 +1082,8 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
     # Checkpoints written before these flags existed trained without them.
     for key, old_default in (
         ("d_dropout", 0.0), ("real_label", 1.0), ("lr_decay", "none"), ("precision", "float32"),
-        ("r1_gamma", 0.0), ("r1_every", 4),
+        ("r1_gamma", 0.0), ("r1_every", 4), ("d_lr_scale", 1.0), ("top_k", 1.0),
+        ("top_k_decay", 0.99), ("recon_decay", "none"), ("r1_pass", "separate"),
     ):  # fmt: skip
         cfg.setdefault(key, old_default)
     autocast_dtype = resolve_precision(cfg["precision"], device)
@@ -1015,7 +1101,8 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
 
     g = build_generator(cfg["preset"]).to(device)
     d = build_discriminator(cfg["preset"], cfg["d_dropout"]).to(device)
-    g_opt, d_opt = make_adam(g, cfg), make_adam(d, cfg)
+    g_opt = make_adam(g, cfg)
+    d_opt = make_adam(d, cfg, cfg["lr"] * cfg["d_lr_scale"])
     ema = copy.deepcopy(g).requires_grad_(False) if cfg["ema_decay"] > 0 else None
     fixed_z = torch.randn(
         64, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"] + 1)
@@ -1071,6 +1158,7 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
         perm = torch.randperm(n_train, device=device)
         sums: dict[str, torch.Tensor] = {}
         n_sum = 0
+        top_k = top_k_count(batch, cfg["top_k"], cfg["top_k_decay"], epoch)
         t_epoch = time.time()
         bar = tqdm(
             range(steps_per_epoch),
@@ -1081,18 +1169,21 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
             if cfg["lr_decay"] == "linear":
                 # lr_t = lr * (1 - t / T) over the planned T steps, from the step count so that a
                 # resumed run continues the same schedule.
-                lr_now = cfg["lr"] * (1.0 - step / (cfg["epochs"] * steps_per_epoch))
-                for opt in (g_opt, d_opt):
+                lr_frac = 1.0 - step / (cfg["epochs"] * steps_per_epoch)
+                for opt, scale in ((g_opt, 1.0), (d_opt, cfg["d_lr_scale"])):
                     for group in opt.param_groups:
-                        group["lr"] = lr_now
+                        group["lr"] = cfg["lr"] * scale * lr_frac
+            recon_now = cfg["recon_weight"]
+            if cfg["recon_decay"] == "linear":
+                recon_now *= 1.0 - step / (cfg["epochs"] * steps_per_epoch)
             first = i * k * batch
             real_batches = [
                 train_x[perm[first + j * batch : first + (j + 1) * batch]] for j in range(k)
             ]
             stats = train_step(
                 g, d, g_opt, d_opt, real_batches, cfg["latent_dim"], cfg["g_loss"],
-                cfg["recon_weight"], ema, cfg["ema_decay"], step, cfg["real_label"],
-                autocast_dtype, cfg["r1_gamma"], cfg["r1_every"],
+                recon_now, ema, cfg["ema_decay"], step, cfg["real_label"],
+                autocast_dtype, cfg["r1_gamma"], cfg["r1_every"], top_k, cfg["r1_pass"] == "shared",
             )  # fmt: skip
             step += 1
             steps_this_run += 1
@@ -1192,6 +1283,7 @@ def main(argv: list[str] | None = None) -> None:
     check_args(parser, args)
     device = pick_device(args.device)
     torch.set_num_threads(args.threads)
+    keep_freed_memory_mapped()
     if args.generate is not None:
         generate_mode(args, device)
         return

@@ -237,6 +237,49 @@ def test_train_step_applies_lazy_r1_on_every_nth_d_update(step, applied):
     torch.testing.assert_close(grads[3.0] - grads[0.0], lin_extra, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("step", [0, 1])
+def test_shared_r1_pass_gives_the_separate_passes_gradient(step):
+    """--r1-pass shared takes R1's input gradient from D's pass over [real; fake]; D has no
+    BatchNorm, so in float32 D's gradient must equal loss + penalty from two separate passes."""
+    grads = {}
+    for shared in (False, True):
+        torch.manual_seed(0)
+        g, d = gm.build_generator("notes"), gm.build_discriminator("notes")
+        g_opt = torch.optim.SGD(g.parameters(), lr=0.0)
+        d_opt = torch.optim.SGD(d.parameters(), lr=0.0)
+        real = torch.rand(16, 784)
+        gm.train_step(
+            g, d, g_opt, d_opt, [real], 96, step=step, r1_gamma=3.0, r1_every=2, r1_fused=shared
+        )
+        grads[shared] = [p.grad.clone() for p in d.parameters()]
+        assert not real.requires_grad
+    for a, b in zip(grads[False], grads[True]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    if step == 0:  # and the penalty really is in there
+        torch.manual_seed(0)
+        g, d = gm.build_generator("notes"), gm.build_discriminator("notes")
+        opts = [torch.optim.SGD(m.parameters(), lr=0.0) for m in (g, d)]
+        gm.train_step(g, d, *opts, [torch.rand(16, 784)], 96, step=0, r1_fused=True)
+        assert not torch.allclose(d[0].weight.grad, grads[True][0])
+
+
+def test_top_k_generator_loss_uses_the_k_most_realistic_fakes():
+    logits = torch.tensor([[-3.0], [2.0], [0.5], [-1.0]])
+    torch.testing.assert_close(
+        gm.generator_loss(logits, "nonsaturating", top_k=2),
+        F.softplus(-torch.tensor([2.0, 0.5])).mean(),
+    )
+    for k in (None, 4, 10):
+        torch.testing.assert_close(
+            gm.generator_loss(logits, "nonsaturating", top_k=k), F.softplus(-logits).mean()
+        )
+    # k = batch * max(nu, decay^epoch)
+    assert gm.top_k_count(64, 0.5, 0.9, 0) == 64
+    assert gm.top_k_count(64, 0.5, 0.9, 2) == round(64 * 0.81)
+    assert gm.top_k_count(64, 0.5, 0.9, 50) == 32
+    assert gm.top_k_count(64, 1.0, 0.9, 50) == 64
+
+
 def test_label_entropies_split_the_inception_score():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(500, 10)) * 3
@@ -352,6 +395,9 @@ def test_classifier_cache_is_reused_and_invalidated(mnist_root, monkeypatch, cap
         (["--real-label", "0.5"], "--real-label must be in (0.5, 1]"),
         (["--r1-gamma", "-1"], "--r1-gamma must be >= 0"),
         (["--r1-every", "0"], "--r1-every must be >= 1"),
+        (["--d-lr-scale", "0"], "--d-lr-scale must be > 0"),
+        (["--top-k", "0"], "--top-k must be in (0, 1]"),
+        (["--top-k-decay", "1.5"], "--top-k-decay must be in (0, 1]"),
         (["--generate", "5"], "--generate needs --checkpoint"),
         (["--samples-out", "x.npy"], "only used with --generate"),
         (["--eval-only"], "--eval-only needs --checkpoint"),
