@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gan_mnist as gm  # noqa: E402
 
 R1_EVERY = gm.build_parser().get_default("r1_every")  # the script's lazy-R1 interval
+R1_SHARED = gm.build_parser().get_default("r1_pass") == "shared"
 
 
 def notes_step(g, d, g_opt, d_opt, real, latent_dim: int) -> torch.Tensor:
@@ -70,6 +71,12 @@ def main() -> None:
         default=gm.build_parser().get_default("precision"),
         help="the script pipeline's --precision (default: gan_mnist.py's default)",
     )
+    p.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="leave glibc's allocator thresholds alone (gan_mnist.py raises them; here the "
+        "setting is per process, so it applies to every pipeline alike)",
+    )
     p.add_argument("--json", type=Path, default=Path("outputs/benchmarks/bench_gan_mnist.json"))
     args = p.parse_args()
     if args.steps < 1 or args.rounds < 1:
@@ -79,6 +86,7 @@ def main() -> None:
 
     device = gm.pick_device(args.device)
     torch.set_num_threads(args.threads)
+    malloc_tuned = False if args.no_malloc_tuning else gm.keep_freed_memory_mapped()
     batch, preset = 64, "notes"
     cfg = gm.PRESETS[preset]
     autocast_dtype = gm.resolve_precision(args.precision, device)
@@ -121,7 +129,7 @@ def main() -> None:
             return gm.train_step(
                 g, d, g_opt, d_opt, [real], cfg["latent_dim"], recon_weight=cfg["recon_weight"],
                 ema=ema, ema_decay=0.999, step=i, autocast_dtype=precision,
-                r1_gamma=cfg["r1_gamma"], r1_every=R1_EVERY,
+                r1_gamma=cfg["r1_gamma"], r1_every=R1_EVERY, r1_fused=R1_SHARED,
             )["d_loss"]  # fmt: skip
 
         return step
@@ -182,6 +190,8 @@ def main() -> None:
         "batch_size": batch,
         "preset": preset,
         "script_autocast_dtype": str(autocast_dtype) if autocast_dtype else "float32",
+        "malloc_tuned_all_pipelines": malloc_tuned,
+        "script_r1_pass": "shared" if R1_SHARED else "separate",
         "script_adam_fused": bool(script_nets[2].param_groups[0].get("fused")),
         "timed_steps_per_pipeline": total,
         "steps_per_s": {n: total / train_s[n] for n in pipelines},
