@@ -5,7 +5,8 @@ in alternating rounds in one process (so background load hits all alike):
 
   script      gan_mnist.py as it trains: MNIST in one float tensor, batches drawn by index,
               `gan_mnist.train_step` (D scores real and fake in one pass, EMA of G, the
-              preset's lazy R1 penalty on D every 4th step), fused Adam
+              preset's lazy R1 penalty on D every 4th step, taken from that pass as
+              the script's default --r1-pass shared does), fused Adam
               where available, and the script's --precision (bfloat16 autocast on CPUs with
               native bf16 when it is `auto`);
   tensor      the same tensor batches and `train_step`, but float32 and torch.optim.Adam's
@@ -15,6 +16,9 @@ in alternating rounds in one process (so background load hits all alike):
               ToTensor call per sample), torch.optim.Adam, float32, G updated first with the L1
               term, then D on separate real and fake passes (BCE), as written in the notes.
 
+gan_mnist.py raises glibc's allocator thresholds (`keep_freed_memory_mapped`); that is a setting
+of the whole process, so here it applies to all three pipelines alike (`--no-malloc-tuning`: to
+none), which can only understate the script's lead.
 The headline is steps/s of `script` over `notes`; `tensor` over `notes` is the data path's share.
 The data-only time per batch of the two input pipelines is measured too. Prints and writes JSON.
 
