@@ -26,8 +26,7 @@ the classifier Inception Score (max 10), and the fraction of samples per predict
 Speed on a CPU: MNIST sits in one tensor (batches by index, no per-sample PIL transforms), D
 scores real and fake in one pass, Adam is the fused kernel, and with --precision auto the Linear
 layers run in bfloat16 where the CPU/GPU has it natively (weights, optimizer and losses stay
-float32), and glibc is told to keep freed multi-MB blocks instead of re-mapping them every step.
-Sampling uses an EMA of G's weights with per-batch BatchNorm statistics.
+float32). Sampling uses an EMA of G's weights with per-batch BatchNorm statistics.
 
 Full run:   python gan_mnist.py     # notes preset, 30 epochs, LR falling linearly to 0 (~10 min on
                                     # a quiet 2-core CPU with AVX512-BF16)
@@ -161,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--r1-pass",
         choices=["shared", "separate"],
-        default="shared",
+        default="separate",
         help="shared: R1's gradient comes from D's own pass over [real; fake] (one forward less, "
         "the double backward in --precision's dtype); separate: an extra float32 pass",
     )
@@ -356,26 +355,6 @@ def make_adam(module: nn.Module, cfg: dict, lr: float | None = None) -> torch.op
         return torch.optim.Adam(params, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, **kw)
-
-
-def keep_freed_memory_mapped() -> bool:
-    """Stop glibc from handing large freed blocks back to the OS after every step.
-
-    Each step allocates and frees the same multi-MB tensors (bf16 weight casts, weight gradients):
-    above glibc's mmap threshold every one is a fresh mmap whose pages fault in one by one on first
-    write, and freed heap top is trimmed. With the thresholds raised, the blocks stay in the heap
-    and are reused. Linux/glibc only; a no-op (False) elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers in <malloc.h>
-    ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
-    return libc.mallopt(m_trim_threshold, 1 << 30) == 1 and ok
 
 
 def seed_everything(seed: int) -> None:
@@ -1283,7 +1262,6 @@ def main(argv: list[str] | None = None) -> None:
     check_args(parser, args)
     device = pick_device(args.device)
     torch.set_num_threads(args.threads)
-    keep_freed_memory_mapped()
     if args.generate is not None:
         generate_mode(args, device)
         return

@@ -5,8 +5,8 @@ in alternating rounds in one process (so background load hits all alike):
 
   script      gan_mnist.py as it trains: MNIST in one float tensor, batches drawn by index,
               `gan_mnist.train_step` (D scores real and fake in one pass, EMA of G, the
-              preset's lazy R1 penalty on D every 4th step, taken from that pass as
-              the script's default --r1-pass shared does), fused Adam
+              preset's lazy R1 penalty on D every 4th step, in the script's default
+              --r1-pass), fused Adam
               where available, and the script's --precision (bfloat16 autocast on CPUs with
               native bf16 when it is `auto`);
   tensor      the same tensor batches and `train_step`, but float32 and torch.optim.Adam's
@@ -16,9 +16,6 @@ in alternating rounds in one process (so background load hits all alike):
               ToTensor call per sample), torch.optim.Adam, float32, G updated first with the L1
               term, then D on separate real and fake passes (BCE), as written in the notes.
 
-gan_mnist.py raises glibc's allocator thresholds (`keep_freed_memory_mapped`); that is a setting
-of the whole process, so here it applies to all three pipelines alike (`--no-malloc-tuning`: to
-none), which can only understate the script's lead.
 The headline is steps/s of `script` over `notes`; `tensor` over `notes` is the data path's share.
 The data-only time per batch of the two input pipelines is measured too. Prints and writes JSON.
 
@@ -75,12 +72,6 @@ def main() -> None:
         default=gm.build_parser().get_default("precision"),
         help="the script pipeline's --precision (default: gan_mnist.py's default)",
     )
-    p.add_argument(
-        "--no-malloc-tuning",
-        action="store_true",
-        help="leave glibc's allocator thresholds alone (gan_mnist.py raises them; here the "
-        "setting is per process, so it applies to every pipeline alike)",
-    )
     p.add_argument("--json", type=Path, default=Path("outputs/benchmarks/bench_gan_mnist.json"))
     args = p.parse_args()
     if args.steps < 1 or args.rounds < 1:
@@ -90,7 +81,6 @@ def main() -> None:
 
     device = gm.pick_device(args.device)
     torch.set_num_threads(args.threads)
-    malloc_tuned = False if args.no_malloc_tuning else gm.keep_freed_memory_mapped()
     batch, preset = 64, "notes"
     cfg = gm.PRESETS[preset]
     autocast_dtype = gm.resolve_precision(args.precision, device)
@@ -194,7 +184,6 @@ def main() -> None:
         "batch_size": batch,
         "preset": preset,
         "script_autocast_dtype": str(autocast_dtype) if autocast_dtype else "float32",
-        "malloc_tuned_all_pipelines": malloc_tuned,
         "script_r1_pass": "shared" if R1_SHARED else "separate",
         "script_adam_fused": bool(script_nets[2].param_groups[0].get("fused")),
         "timed_steps_per_pipeline": total,
