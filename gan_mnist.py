@@ -557,9 +557,15 @@ def r1_penalty(discriminator: nn.Module, real: torch.Tensor, gamma: float) -> to
     logit as D (as in their code). Pushes D flat on the data, which damps the oscillation of
     unregularised training around the equilibrium (their Dirac-GAN, Sec. 2) and makes it
     locally convergent (Sec. 4). Called outside autocast, so it runs in the weights' dtype
-    (float32 in training); a bf16 pass would be cheaper but its quality was not measured."""
+    (float32 in training); `--r1-pass shared` takes it from the bf16 pass instead, which
+    measured lower IS (README)."""
     x = real.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(discriminator(x).sum(), x, create_graph=True)
+    return r1_from_input_grad(grad, gamma)
+
+
+def r1_from_input_grad(grad: torch.Tensor, gamma: float) -> torch.Tensor:
+    """gamma/2 * E_x ||grad_x D(x)||^2 from the per-row input gradients."""
     return 0.5 * gamma * grad.pow(2).sum(dim=1).mean()
 
 
@@ -619,14 +625,14 @@ def train_step(
         # forward pass; the paper samples fresh noise, which is the same in distribution.
         with torch.set_grad_enabled(last), mixed_precision():
             fake = generator(z)
-        # D scores real and fake in one pass: D has no BatchNorm, so each row's logit is the
-        # same as in two separate passes, at one set of larger (faster) matrix products.
         r1_now = r1_gamma > 0 and (step * len(real_batches) + i) % r1_every == 0
         if r1_now and r1_fused:
             # R1 from this same pass: the real rows' logits depend on their own inputs only (no
             # BatchNorm in D), so d logit_i / d x_i is R1's gradient; one forward is saved and
             # the double backward runs in the autocast dtype.
             real = real.detach().requires_grad_(True)
+        # D scores real and fake in one pass: D has no BatchNorm, so each row's logit is the
+        # same as in two separate passes, at one set of larger (faster) matrix products.
         with mixed_precision():
             logits = discriminator(torch.cat([real, fake.detach().to(real.dtype)])).float()
         real_logits, fake_logits = logits[:batch], logits[batch:]
@@ -634,9 +640,7 @@ def train_step(
         d_opt.zero_grad(set_to_none=True)
         if r1_now and r1_fused:
             (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
-            penalty = 0.5 * r1_gamma * r1_every * grad.float().pow(2).sum(dim=1).mean()
-            (d_loss + penalty).backward()
-            real = real.detach()
+            (d_loss + r1_from_input_grad(grad.float(), r1_gamma * r1_every)).backward()
         else:
             d_loss.backward()
             if r1_now:
@@ -1145,16 +1149,14 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
             disable=not sys.stderr.isatty(),
         )
         for i in bar:
+            # Linear schedules scale by 1 - t / T over the planned T steps, from the step count
+            # so that a resumed run continues the same schedule.
+            left = 1.0 - step / (cfg["epochs"] * steps_per_epoch)
             if cfg["lr_decay"] == "linear":
-                # lr_t = lr * (1 - t / T) over the planned T steps, from the step count so that a
-                # resumed run continues the same schedule.
-                lr_frac = 1.0 - step / (cfg["epochs"] * steps_per_epoch)
                 for opt, scale in ((g_opt, 1.0), (d_opt, cfg["d_lr_scale"])):
                     for group in opt.param_groups:
-                        group["lr"] = cfg["lr"] * scale * lr_frac
-            recon_now = cfg["recon_weight"]
-            if cfg["recon_decay"] == "linear":
-                recon_now *= 1.0 - step / (cfg["epochs"] * steps_per_epoch)
+                        group["lr"] = cfg["lr"] * scale * left
+            recon_now = cfg["recon_weight"] * (left if cfg["recon_decay"] == "linear" else 1.0)
             first = i * k * batch
             real_batches = [
                 train_x[perm[first + j * batch : first + (j + 1) * batch]] for j in range(k)
