@@ -648,16 +648,22 @@ def train_step(
                 r1_penalty(discriminator, real, r1_gamma * r1_every).backward()
         d_opt.step()
 
-    # G update: descend the generator loss through the just-updated D.
-    with mixed_precision():
-        fake_logits_g = discriminator(fake).float()
-    fake = fake.float()
-    adv = generator_loss(fake_logits_g, g_loss_form, top_k)
-    # The notes' L1 "reconstruction" term pulls G(z) towards an unpaired real batch x.
-    recon = (fake - real_batches[-1]).abs().mean()
-    g_loss = adv + recon_weight * recon if recon_weight > 0 else adv
-    g_opt.zero_grad(set_to_none=True)
-    g_loss.backward()
+    # G update: descend the generator loss through the just-updated D. D is frozen for it:
+    # its weight gradients would be thrown away by the next D update's zero_grad, and with them
+    # go one matrix product and one bf16 -> float32 gradient cast per D layer.
+    discriminator.requires_grad_(False)
+    try:
+        with mixed_precision():
+            fake_logits_g = discriminator(fake).float()
+        fake = fake.float()
+        adv = generator_loss(fake_logits_g, g_loss_form, top_k)
+        # The notes' L1 "reconstruction" term pulls G(z) towards an unpaired real batch x.
+        recon = (fake - real_batches[-1]).abs().mean()
+        g_loss = adv + recon_weight * recon if recon_weight > 0 else adv
+        g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+    finally:
+        discriminator.requires_grad_(True)
     g_opt.step()
     if ema is not None:
         # Warm-up: decay_t = (1 + t) / (10 + t) averages over the last ~t / 9 steps until the cap

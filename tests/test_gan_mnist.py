@@ -159,6 +159,29 @@ def test_train_step_does_k_d_updates_per_g_update():
     assert 0 < stats["d_real"].item() < 1 and stats["recon"].item() > 0
 
 
+def test_g_update_skips_d_weight_gradients_and_restores_d():
+    """G's update must not compute D's weight gradients (thrown away anyway), and D must come
+    out trainable again, also when G's loss raises."""
+    torch.manual_seed(0)
+    g, d = gm.build_generator("notes"), gm.build_discriminator("notes")
+    g_opt, d_opt = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    grads_seen = []
+    d[0].weight.register_hook(lambda grad: grads_seen.append(grad.clone()))
+    gm.train_step(g, d, g_opt, d_opt, [torch.rand(16, 784) for _ in range(2)], 96)
+    assert len(grads_seen) == 2  # the two D updates, none from G's update
+    torch.testing.assert_close(d[0].weight.grad, grads_seen[-1])  # last D update's, unpolluted
+    assert all(p.requires_grad for p in d.parameters())
+
+    def broken_loss(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gm, "generator_loss", broken_loss)
+        with pytest.raises(RuntimeError, match="boom"):
+            gm.train_step(g, d, g_opt, d_opt, [torch.rand(16, 784)], 96)
+    assert all(p.requires_grad for p in d.parameters())
+
+
 def test_one_sided_label_smoothing_is_bce_with_target_s():
     real, fake = torch.randn(32, 1), torch.randn(32, 1)
     expected = F.binary_cross_entropy_with_logits(
