@@ -201,6 +201,28 @@ def build_parser() -> argparse.ArgumentParser:
         default="batch",
         help="BatchNorm statistics when sampling: per-batch (as in training) or running averages",
     )
+    p.add_argument(
+        "--sampler",
+        choices=["drs", "g"],
+        default="drs",
+        help="how evaluations, the final grid and --generate draw images: drs = G's samples kept "
+        "or rejected by the trained D (discriminator rejection sampling, Azadi et al. 2019); "
+        "g = G alone. The fixed-noise progress grids always show G alone; every evaluation "
+        "scores both",
+    )
+    p.add_argument(
+        "--drs-percentile",
+        type=float,
+        default=80.0,
+        help="DRS's gamma is this percentile of F(x) over the burn-in samples: a sample there is "
+        "kept with probability 1/2; higher keeps fewer",
+    )
+    p.add_argument(
+        "--drs-burn-in",
+        type=int,
+        default=10000,
+        help="G samples that D scores first, to fix DRS's maximum logit and gamma",
+    )
     p.add_argument("--sample-every", type=int, default=1000, help="fixed-noise grid every N steps")
     p.add_argument("--log-every", type=int, default=100, help="log line every N steps")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: at end)")
@@ -274,6 +296,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--top-k must be in (0, 1] (the fraction of each fake batch G learns from)")
     if not 0.0 < args.top_k_decay <= 1.0:
         parser.error("--top-k-decay must be in (0, 1]")
+    if not 0.0 <= args.drs_percentile < 100.0:
+        parser.error("--drs-percentile must be in [0, 100) (at 100 DRS would keep almost nothing)")
+    if args.drs_burn_in < 1:
+        parser.error("--drs-burn-in must be >= 1")
     if args.eval_samples < 10:
         parser.error("--eval-samples must be >= 10 (the Inception Score uses 10 splits)")
     for name in ("sample_every", "log_every"):
@@ -531,6 +557,96 @@ def sample(generator: nn.Module, z: torch.Tensor, bn_mode: str, chunk: int) -> t
     if bn_mode != "batch":
         net.train(was_training)
     return out
+
+
+def drs_acceptance_logit(logits: torch.Tensor, max_logit: torch.Tensor, eps: float = 1e-6):
+    """F(x) of discriminator rejection sampling (Azadi et al. 2019, Sec. 3), before gamma.
+
+    An optimal D has logit D~(x) = log p_data(x) / p_g(x) (Goodfellow et al. 2014, Prop. 1), so
+    keeping a G sample with probability p = exp(D~(x) - D~_M), D~_M the largest logit, is exact
+    rejection sampling of p_data with M = exp(D~_M). F is the logit of that p:
+    F = D~ - D~_M - log(1 - exp(D~ - D~_M - eps)); eps keeps the log finite at the maximum.
+    Logits above D~_M (unseen in the burn-in) are clamped to it: kept with p ~ 1."""
+    delta = (logits - max_logit).clamp(max=0.0)
+    return delta - torch.log1p(-torch.exp(delta - eps))
+
+
+@torch.no_grad()
+def drs_sample(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    n: int,
+    latent_dim: int,
+    bn_mode: str,
+    chunk: int,
+    percentile: float | None,
+    burn_in: int,
+    rng: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, dict]:
+    """n samples of G kept by DRS, in G's output range, and the sampler's statistics.
+
+    A burn-in batch fixes D~_M and gamma = the given percentile of F over it (Azadi et al.
+    shift F by gamma to set how many samples are kept: F - gamma = 0 keeps with probability
+    1/2); each proposal is then kept with probability sigmoid(F(x) - gamma). percentile None
+    means gamma = 0, the exact rule p = exp(D~ - D~_M). D scores in eval mode, float32."""
+    was_training = discriminator.training
+    discriminator.eval()
+
+    def propose(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn(m, latent_dim, generator=rng).to(device)
+        x = sample(generator, z, bn_mode, chunk)
+        return x, discriminator(x).flatten().double().cpu()
+
+    try:
+        _, burn_logits = propose(max(burn_in, chunk))
+        max_logit = burn_logits.max()
+        f_burn = drs_acceptance_logit(burn_logits, max_logit)
+        gamma = torch.quantile(f_burn, percentile / 100.0) if percentile is not None else 0.0
+        kept, n_kept, proposed = [], 0, 0
+        block = max(chunk, 4096)
+        while n_kept < n:
+            if proposed >= 1000 * n + 100 * block:
+                raise RuntimeError(
+                    f"DRS kept only {n_kept} of {proposed} proposals: lower --drs-percentile"
+                )
+            x, logits = propose(block)
+            keep_p = torch.sigmoid(drs_acceptance_logit(logits, max_logit) - gamma)
+            keep = torch.rand(block, generator=rng, dtype=torch.float64) < keep_p
+            kept.append(x[keep.to(x.device)])
+            n_kept += int(keep.sum())
+            proposed += block
+    finally:
+        discriminator.train(was_training)
+    stats = {
+        "drs_acceptance": n_kept / proposed,
+        "drs_max_logit": float(max_logit),
+        "drs_gamma": float(gamma),
+    }
+    return torch.cat(kept)[:n], stats
+
+
+def draw_samples(
+    generator: nn.Module,
+    discriminator: nn.Module | None,
+    n: int,
+    cfg: dict,
+    rng: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, dict]:
+    """n samples in [0, 1] from the configured sampler (cfg["sampler"]: "drs" or "g")."""
+    if cfg["sampler"] == "drs":
+        if discriminator is None:
+            raise ValueError("--sampler drs needs the run's discriminator")
+        x, stats = drs_sample(
+            generator, discriminator, n, cfg["latent_dim"], cfg["sample_bn"], cfg["batch_size"],
+            cfg["drs_percentile"], cfg["drs_burn_in"], rng, device,
+        )  # fmt: skip
+    else:
+        # At least one training-size batch, so per-batch BatchNorm statistics are well defined.
+        z = torch.randn(max(n, cfg["batch_size"]), cfg["latent_dim"], generator=rng).to(device)
+        x, stats = sample(generator, z, cfg["sample_bn"], cfg["batch_size"])[:n], {}
+    return to_unit_range(x, cfg["preset"]), stats
 
 
 # --------------------------------------------------------------------------------------------
@@ -938,14 +1054,27 @@ def generator_from_checkpoint(ckpt: dict, device: torch.device) -> tuple[nn.Modu
     return g, cfg
 
 
+def discriminator_from_checkpoint(ckpt: dict, device: torch.device) -> nn.Module:
+    cfg = ckpt["config"]
+    d = build_discriminator(cfg["preset"], cfg.get("d_dropout", 0.0)).to(device)
+    d.load_state_dict(ckpt["discriminator"])
+    return d
+
+
+def sampling_config(cfg: dict, args: argparse.Namespace) -> dict:
+    """How to draw samples is chosen on each command line, whatever the run was trained with."""
+    return {**cfg, **{k: getattr(args, k) for k in ("sampler", "drs_percentile", "drs_burn_in")}}
+
+
 def generate_mode(args: argparse.Namespace, device: torch.device) -> None:
     ckpt = torch.load(args.checkpoint, map_location=device, weights_only=False)
     g, cfg = generator_from_checkpoint(ckpt, device)
-    seed_everything(args.seed)
-    # At least one training-size batch, so per-batch BatchNorm statistics are well defined.
-    z = torch.randn(max(args.generate, cfg["batch_size"]), cfg["latent_dim"], device=device)
-    x01 = to_unit_range(sample(g, z, cfg["sample_bn"], cfg["batch_size"]), cfg["preset"])
-    x01 = x01[: args.generate]
+    cfg = sampling_config(cfg, args)
+    d = discriminator_from_checkpoint(ckpt, device) if cfg["sampler"] == "drs" else None
+    rng = torch.Generator().manual_seed(args.seed)
+    x01, stats = draw_samples(g, d, args.generate, cfg, rng, device)
+    if stats:
+        print(f"DRS kept {stats['drs_acceptance']:.1%} of G's samples")
     images = (x01.reshape(-1, 28, 28) * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
     args.samples_out.parent.mkdir(parents=True, exist_ok=True)
     np.save(args.samples_out, images)
@@ -956,7 +1085,7 @@ def eval_only_mode(args: argparse.Namespace, device: torch.device) -> dict:
     """Re-score a saved run: the same evaluation as at the end of training, on fresh noise
     from the run's evaluation seed, so an unchanged checkpoint reproduces its final scores."""
     ckpt = torch.load(args.checkpoint, map_location=device, weights_only=False)
-    cfg = ckpt["config"]
+    cfg = sampling_config(ckpt["config"], args)
     gens = {}
     for name, key in (("raw", "generator"), ("ema", "ema")):
         if ckpt.get(key) is not None:
@@ -968,7 +1097,8 @@ def eval_only_mode(args: argparse.Namespace, device: torch.device) -> dict:
         classifier, mnist, device, min(args.eval_samples, len(mnist["train_images"]))
     )
     result = {"epoch": ckpt["epoch"], "step": ckpt["step"]}
-    result.update(evaluate(evaluator, gens, cfg, args.eval_samples, device, cfg["seed"] + 2))
+    d = discriminator_from_checkpoint(ckpt, device)
+    result.update(evaluate(evaluator, gens, d, cfg, args.eval_samples, device, cfg["seed"] + 2))
     print(f"eval of {args.checkpoint} (epoch {ckpt['epoch']}):\n{format_eval(result)}")
     out = args.checkpoint.parent / "eval_only.json"
     tmp = out.with_suffix(".json.tmp")
@@ -981,13 +1111,15 @@ def eval_only_mode(args: argparse.Namespace, device: torch.device) -> dict:
 def evaluate(
     evaluator: Evaluator,
     generators: dict[str, nn.Module],
+    discriminator: nn.Module | None,
     cfg: dict,
     n: int,
     device: torch.device,
     seed: int,
 ) -> dict:
-    """Score every sampler (raw / EMA weights x batch / running BN statistics) on the same noise;
-    the configured one is the headline."""
+    """Score every sampler (raw / EMA weights x batch / running BN statistics) on the same noise,
+    and with --sampler drs also the configured generator's samples kept by D (variant
+    "<name>/<bn>+drs"); the configured sampler is the headline."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     z = torch.randn(n, cfg["latent_dim"], generator=gen).to(device)
     variants = {}
@@ -996,6 +1128,13 @@ def evaluate(
             x = to_unit_range(sample(g, z, bn_mode, cfg["batch_size"]), cfg["preset"])
             variants[f"{name}/{bn_mode}"] = evaluator.score(x)
     headline_name = f"{'ema' if 'ema' in generators else 'raw'}/{cfg['sample_bn']}"
+    if cfg["sampler"] == "drs" and discriminator is not None:
+        rng = torch.Generator().manual_seed(seed + 1)
+        x, stats = draw_samples(
+            generators[headline_name.split("/")[0]], discriminator, n, cfg, rng, device
+        )
+        headline_name += "+drs"
+        variants[headline_name] = {**evaluator.score(x), **stats}
     return {
         "sampler": headline_name,
         **variants[headline_name],
@@ -1022,8 +1161,10 @@ def format_eval(result: dict) -> str:
         f"(real test: {real['mean_conditional_entropy']:.3f}, {real['ambiguous_fraction']:.3f})"
     )
     for name, v in result["variants"].items():
+        kept = f"  DRS kept {v['drs_acceptance']:.1%}" if "drs_acceptance" in v else ""
         lines.append(
-            f"    {name:13s} FID {v['fid']:8.3f}  IS {v['is']:.2f}  min digit {v['min_digit_fraction']:.3f}"
+            f"    {name:17s} FID {v['fid']:8.3f}  IS {v['is']:.2f}  min digit "
+            f"{v['min_digit_fraction']:.3f}{kept}"
         )
     return "\n".join(lines)
 
@@ -1038,6 +1179,7 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
         # Run-control flags come from this command line; everything else from the checkpoint.
         for key in ("epochs", "eval_every", "eval_samples", "sample_every", "log_every", "threads"):
             cfg[key] = getattr(args, key)
+        cfg = sampling_config(cfg, args)
         run_dir = args.resume.parent
         start_epoch, history, evals = ckpt["epoch"], ckpt["history"], ckpt["evals"]
         if start_epoch >= cfg["epochs"]:
@@ -1125,7 +1267,9 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
         gens = {"raw": g, **({"ema": ema} if ema is not None else {})}
         t0 = time.time()
         result = {"epoch": epoch, "step": step}
-        result.update(evaluate(evaluator, gens, cfg, cfg["eval_samples"], device, cfg["seed"] + 2))
+        result.update(
+            evaluate(evaluator, gens, d, cfg, cfg["eval_samples"], device, cfg["seed"] + 2)
+        )
         print(
             f"eval after epoch {epoch} (step {step}, {time.time() - t0:.0f} s):\n{format_eval(result)}"
         )
@@ -1243,11 +1387,9 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
         evals.append(run_eval(cfg["epochs"], final_step))
         log_file.write(json.dumps({"type": "eval", **evals[-1]}) + "\n")
     log_file.close()
-    big_z = torch.randn(
-        256, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"] + 3)
-    )
-    x = sample(sampler(), big_z.to(device), cfg["sample_bn"], batch)
-    save_grid(to_unit_range(x, cfg["preset"]), run_dir / "samples_final.png", 16)
+    rng = torch.Generator().manual_seed(cfg["seed"] + 3)
+    x01, _ = draw_samples(sampler(), d, 256, cfg, rng, device)
+    save_grid(x01, run_dir / "samples_final.png", 16)
     plot_losses(history, run_dir / "losses.png")
     metrics = {
         "epochs": cfg["epochs"],

@@ -303,6 +303,54 @@ def test_top_k_generator_loss_uses_the_k_most_realistic_fakes():
     assert gm.top_k_count(64, 1.0, 0.9, 50) == 64
 
 
+def test_drs_acceptance_logit_is_the_logit_of_the_density_ratio():
+    """sigmoid(F) must be exp(D~ - D~_M): p_data / (M p_g) for an optimal D (Azadi et al.)."""
+    logits = torch.tensor([-5.0, -1.0, 0.0, 1.5, 2.0], dtype=torch.float64)
+    max_logit = logits.max()
+    keep = torch.sigmoid(gm.drs_acceptance_logit(logits, max_logit))
+    torch.testing.assert_close(keep, torch.exp(logits - max_logit), atol=2e-6, rtol=1e-5)
+    assert torch.isfinite(gm.drs_acceptance_logit(torch.tensor([9.0]), max_logit)).all()
+
+
+class _UniformProposal(torch.nn.Module):
+    """z ~ N(0, 1) -> Phi(z) ~ Uniform(0, 1), as a one-pixel 'generator'."""
+
+    def forward(self, z):
+        return torch.special.ndtr(z[:, :1])
+
+
+class _RatioCritic(torch.nn.Module):
+    """The optimal logit log p_data / p_g for p_data(x) = 2x on (0, 1) and p_g uniform."""
+
+    def forward(self, x):
+        return torch.log(2.0 * x.clamp_min(1e-12))
+
+
+def test_drs_sample_turns_the_proposal_into_the_target_density():
+    """With an optimal D and gamma = 0, DRS is exact rejection sampling: uniform proposals
+    become the density 2x (mean 2/3, CDF x^2), and half of them are kept (1 / M, M = 2)."""
+    rng = torch.Generator().manual_seed(0)
+    critic = _RatioCritic().train()
+    x, stats = gm.drs_sample(
+        _UniformProposal(), critic, 20000, 1, "running", 64, None, 20000, rng, torch.device("cpu")
+    )
+    x = x.flatten().double()
+    assert x.shape == (20000,) and critic.training  # D's mode is restored
+    assert abs(x.mean().item() - 2 / 3) < 0.01  # uniform would give 1/2
+    grid = torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
+    empirical_cdf = (x[None, :] <= grid[:, None]).double().mean(1)
+    assert (empirical_cdf - grid**2).abs().max() < 0.015
+    assert abs(stats["drs_acceptance"] - 0.5) < 0.02 and stats["drs_gamma"] == 0.0
+    # gamma from a percentile: a higher one keeps fewer samples.
+    rates = [
+        gm.drs_sample(
+            _UniformProposal(), critic, 2000, 1, "running", 64, q, 5000, rng, torch.device("cpu")
+        )[1]["drs_acceptance"]
+        for q in (20.0, 80.0)
+    ]
+    assert rates[0] > rates[1]
+
+
 def test_label_entropies_split_the_inception_score():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(500, 10)) * 3
@@ -421,6 +469,8 @@ def test_classifier_cache_is_reused_and_invalidated(mnist_root, monkeypatch, cap
         (["--d-lr-scale", "0"], "--d-lr-scale must be > 0"),
         (["--top-k", "0"], "--top-k must be in (0, 1]"),
         (["--top-k-decay", "1.5"], "--top-k-decay must be in (0, 1]"),
+        (["--drs-percentile", "100"], "--drs-percentile must be in [0, 100)"),
+        (["--drs-burn-in", "0"], "--drs-burn-in must be >= 1"),
         (["--generate", "5"], "--generate needs --checkpoint"),
         (["--samples-out", "x.npy"], "only used with --generate"),
         (["--eval-only"], "--eval-only needs --checkpoint"),
@@ -494,7 +544,10 @@ def test_smoke_run_writes_everything_and_generates(mnist_root, tmp_path):
     assert metrics["steps"] == 8 and [e["epoch"] for e in metrics["evals"]] == [1, 2]
     assert 1.0 <= final["is"] <= 10.0 and final["fid"] >= 0 and final["fid_floor"] >= 0
     assert math.isclose(sum(final["digit_fractions"]), 1.0, abs_tol=1e-3)
-    assert set(final["variants"]) == {"raw/batch", "raw/running", "ema/batch", "ema/running"}
+    assert set(final["variants"]) == {
+        "raw/batch", "raw/running", "ema/batch", "ema/running", "ema/batch+drs"
+    }  # fmt: skip
+    assert final["sampler"] == "ema/batch+drs" and 0 < final["drs_acceptance"] <= 1
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert {"d_loss", "g_loss", "d_real", "d_fake"} <= set(log[0])
     grids = sorted(p.name for p in (run / "samples").glob("step_*.png"))
@@ -537,6 +590,18 @@ def test_smoke_run_writes_everything_and_generates(mnist_root, tmp_path):
         ["--generate", "1", "--checkpoint", str(run / "checkpoint.pt"), "--samples-out", str(npy)]
     )
     assert np.load(npy).shape == (1, 28, 28)
+    # G alone and DRS draw different images from the same seed; each is reproducible.
+    g_only = tmp_path / "g_only.npy"
+    gm.main([
+        "--generate", "37", "--checkpoint", str(run / "checkpoint.pt"), "--samples-out",
+        str(g_only), "--sampler", "g",
+    ])  # fmt: skip
+    assert np.load(g_only).shape == (37, 28, 28)
+    assert not np.array_equal(np.load(g_only), images)
+    gm.main(
+        ["--generate", "37", "--checkpoint", str(run / "checkpoint.pt"), "--samples-out", str(npy)]
+    )
+    np.testing.assert_array_equal(np.load(npy), images)
 
 
 # ---------------------------------------------------------------------------- real data
