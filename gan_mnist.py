@@ -26,7 +26,10 @@ the classifier Inception Score (max 10), and the fraction of samples per predict
 Speed on a CPU: MNIST sits in one tensor (batches by index, no per-sample PIL transforms), D
 scores real and fake in one pass, Adam is the fused kernel, and with --precision auto the Linear
 layers run in bfloat16 where the CPU/GPU has it natively (weights, optimizer and losses stay
-float32). Sampling uses an EMA of G's weights with per-batch BatchNorm statistics.
+float32). Sampling uses an EMA of G's weights with per-batch BatchNorm statistics; evaluations, the
+final grid and --generate then keep or reject each sample by the trained D's logit
+(discriminator rejection sampling, Azadi et al. 2019; --sampler g for G alone, which every
+evaluation scores too).
 
 Full run:   python gan_mnist.py     # notes preset, 30 epochs, LR falling linearly to 0 (~10 min on
                                     # a quiet 2-core CPU with AVX512-BF16)
