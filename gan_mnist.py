@@ -70,9 +70,10 @@ MNIST_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
-# The two architectures/optimisers of the source notes. `recon_weight` (the L1 term) and
-# `r1_gamma` (the R1 penalty on D, not in the notes) are defaults of flags; for `notes` both were
-# chosen by measured sample quality (see README); `classic` stays the reference script.
+# The two architectures/optimisers of the source notes. `recon_weight` (the L1 term), `r1_gamma`
+# (the R1 penalty on D, not in the notes) and `sampler` (rejection sampling by D, not in the
+# notes) are defaults of flags; for `notes` they were chosen by measured sample quality (see
+# README); `classic` stays the reference script (DRS measured worse there: its D has no R1).
 PRESETS = {
     "notes": dict(
         latent_dim=96,
@@ -82,6 +83,7 @@ PRESETS = {
         pixel_range="01",
         recon_weight=0.05,
         r1_gamma=0.1,
+        sampler="drs",
     ),
     "classic": dict(
         latent_dim=100,
@@ -91,6 +93,7 @@ PRESETS = {
         pixel_range="pm1",
         recon_weight=0.0,
         r1_gamma=0.0,
+        sampler="g",
     ),
 }
 
@@ -207,11 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sampler",
         choices=["drs", "g"],
-        default="drs",
+        default=None,
         help="how evaluations, the final grid and --generate draw images: drs = G's samples kept "
         "or rejected by the trained D (discriminator rejection sampling, Azadi et al. 2019); "
-        "g = G alone. The fixed-noise progress grids always show G alone; every evaluation "
-        "scores both",
+        "g = G alone. Default: the run's own (with --resume, --generate, --eval-only), else the "
+        "preset's (notes drs, classic g). The fixed-noise progress grids always show G alone; "
+        "every evaluation scores G alone too",
     )
     p.add_argument(
         "--drs-percentile",
@@ -1065,8 +1069,14 @@ def discriminator_from_checkpoint(ckpt: dict, device: torch.device) -> nn.Module
 
 
 def sampling_config(cfg: dict, args: argparse.Namespace) -> dict:
-    """How to draw samples is chosen on each command line, whatever the run was trained with."""
-    return {**cfg, **{k: getattr(args, k) for k in ("sampler", "drs_percentile", "drs_burn_in")}}
+    """How a saved run draws samples: --sampler when given, else the run's own choice (its
+    preset's for runs saved before DRS existed); the DRS settings come from this command line."""
+    sampler = args.sampler or cfg.get("sampler") or PRESETS[cfg["preset"]]["sampler"]
+    return {
+        **cfg,
+        "sampler": sampler,
+        **{k: getattr(args, k) for k in ("drs_percentile", "drs_burn_in")},
+    }
 
 
 def generate_mode(args: argparse.Namespace, device: torch.device) -> None:
@@ -1200,6 +1210,7 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
             pixel_range=preset["pixel_range"],
             recon_weight=preset["recon_weight"] if args.recon_weight is None else args.recon_weight,
             r1_gamma=preset["r1_gamma"] if args.r1_gamma is None else args.r1_gamma,
+            sampler=preset["sampler"] if args.sampler is None else args.sampler,
             n_train=n_train,
             steps_per_epoch=n_train // (args.batch_size * args.d_steps),
             torch_threads=torch.get_num_threads(),

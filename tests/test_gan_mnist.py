@@ -520,6 +520,19 @@ def test_resume_continues_the_run(mnist_root, tmp_path):
     assert steps == list(range(1, 17))  # the resumed run appends to the same log
     # The notes preset's default R1 penalty (lazy, every 4th D step) is part of what resumes.
     assert a["config"]["r1_gamma"] == 0.1 and a["config"]["r1_every"] == 4
+    assert a["config"]["sampler"] == b["config"]["sampler"] == "drs"  # the notes preset's
+
+
+def test_sampler_defaults_to_the_run_then_the_preset():
+    def resolve(cfg, *flags):
+        return gm.sampling_config(cfg, gm.build_parser().parse_args(list(flags)))["sampler"]
+
+    assert resolve({"preset": "notes"}) == "drs"  # a notes run saved before DRS existed
+    assert resolve({"preset": "classic"}) == "g"  # DRS measured worse without R1
+    assert resolve({"preset": "notes", "sampler": "g"}) == "g"  # the run's own choice
+    assert resolve({"preset": "classic", "sampler": "g"}, "--sampler", "drs") == "drs"
+    cfg = gm.sampling_config({"preset": "notes"}, gm.build_parser().parse_args([]))
+    assert cfg["drs_percentile"] == 80.0 and cfg["drs_burn_in"] == 10000
 
 
 # ---------------------------------------------------------------------------- smoke run
@@ -532,6 +545,7 @@ def test_smoke_run_writes_everything_and_generates(mnist_root, tmp_path):
         "--eval-every", "1", "--eval-samples", "100", "--sample-every", "5", "--log-every", "3",
         "--preset", "classic", "--d-steps", "2", "--lr-decay", "linear", "--precision", "bfloat16",
         "--d-dropout", "0.2", "--real-label", "0.9", "--r1-gamma", "0.5", "--r1-every", "2",
+        "--sampler", "drs",
     )  # fmt: skip
     assert "FID" in proc.stdout and "steps/s" in proc.stdout
     run = out / "gan_mnist" / "smoke"
