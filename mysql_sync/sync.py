@@ -48,11 +48,17 @@ import os
 import queue
 import re
 import socket
+import ssl
+import stat
 import sys
 import threading
 import time
 import tomllib
 import zlib
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from configparser import ConfigParser
+from configparser import Error as ConfigParserError
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -86,11 +92,13 @@ ROW_DATA_ERRNOS = {
 }
 TEMPORAL_TYPES = {"datetime", "timestamp", "date"}
 EXACT_NUMBER_TYPES = {"tinyint", "smallint", "mediumint", "int", "bigint", "decimal"}
-BINARY_TYPES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "bit"}
-UNSUPPORTED_TYPES = {"geometry", "point", "linestring", "polygon", "multipoint",
-                     "multilinestring", "multipolygon", "geometrycollection"}  # fmt: skip
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-TIME_ZONE_RE = re.compile(r"^(SYSTEM|[+-]\d{2}:\d{2}|[A-Za-z_]+(/[A-Za-z0-9_+-]+)*)$")
+BINARY_TYPES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
+SPATIAL_TYPES = {"geometry", "point", "linestring", "polygon", "multipoint",
+                 "multilinestring", "multipolygon", "geometrycollection"}  # fmt: skip
+# Names and zones are matched whole (fullmatch): `$` would also accept a trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TIME_ZONE_RE = re.compile(r"SYSTEM|[+-]\d{2}:\d{2}|[A-Za-z_]+(/[A-Za-z0-9_+-]+)*")
+SSL_MODES = ("disabled", "required", "verify_identity")
 STRICT_SQL_MODE = (
     "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
     "NO_ENGINE_SUBSTITUTION"
@@ -107,6 +115,67 @@ class LockBusy(Exception):
     """Another run holds this source's lock on the target."""
 
 
+class Stuck(Exception):
+    """This source cannot make progress (a stale lock, a watermark that cannot move): exit 1."""
+
+
+# ----------------------------------------------------------------------------- secrets
+# Every password the job knows, so that no message it prints can ever contain one.
+_SECRETS: set[str] = set()
+# Passwords from [job] secrets_file, looked up after the environment.
+_ENV_SECRETS: dict[str, str] = {}
+
+
+def redact(text: str) -> str:
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def read_secrets_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, taken literally: no quotes removed, no `$` or backtick expanded (the old
+    crontab's `. secrets.env` ran the shell over the passwords). Blank lines and # comments are
+    skipped. The file must not be readable by group or others."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"[job]: secrets_file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"[job]: secrets_file {path} cannot be read ({type(exc).__name__})"
+        ) from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"[job]: secrets_file {path} is readable by others: chmod 0600 it")
+    values = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            raise ConfigError(f"[job]: secrets_file {path} line {number} is not KEY=VALUE")
+        values[key.strip()] = value
+    return values
+
+
+def check_option_file(path: str, group: str, where: str) -> None:
+    """Parse the MySQL option file here, so that a malformed one gives a message without its
+    contents (configparser quotes the offending line, which may be the password)."""
+    parser = ConfigParser(allow_no_value=True, interpolation=None, strict=False)
+    try:
+        parser.read_string(Path(path).read_text(encoding="utf-8"))
+    except (ConfigParserError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(
+            f"{where}: option_file {path} is not a MySQL option file ({type(exc).__name__}); "
+            f"it needs a [{group}] section with user= and password= lines"
+        ) from None
+    if not parser.has_section(group):
+        raise ConfigError(f"{where}: option_file {path} has no [{group}] section")
+    password = parser.get(group, "password", fallback=None)
+    if password:
+        _SECRETS.add(password.strip().strip("\"'"))
+
+
 # ----------------------------------------------------------------------------- configuration
 @dataclass
 class Endpoint:
@@ -120,7 +189,7 @@ class Endpoint:
     option_group: str = "client"
     time_zone: str = "+00:00"
     ssl_ca: str | None = None
-    ssl_verify_identity: bool = False
+    ssl_mode: str = "disabled"
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
     write_timeout: float = 120.0
@@ -149,6 +218,10 @@ class JobSpec:
     throttle_seconds: float = 0.0
     verify_chunk_rows: int = 2000
     lock_prefix: str = "mysql_sync"
+    secrets_file: str = ""
+    max_parallel_lines: int = 4
+    lock_stale_seconds: float = 900.0
+    target_wait_timeout: int = 600
 
 
 @dataclass
@@ -157,6 +230,7 @@ class Config:
     sources: list[Endpoint]
     tables: list[TableSpec]
     job: JobSpec
+    secrets: dict[str, str] = field(default_factory=dict)
 
 
 def _take(section: dict, key: str, kind: type | tuple, where: str, default: Any = ...) -> Any:
@@ -172,13 +246,19 @@ def _take(section: dict, key: str, kind: type | tuple, where: str, default: Any 
     return value
 
 
-def _endpoint(section: dict, where: str, defaults: dict[str, Any]) -> Endpoint:
+def _endpoint(
+    section: dict, where: str, defaults: dict[str, Any], secrets: dict[str, str]
+) -> Endpoint:
     known = {"name", "host", "port", "user", "password_env", "option_file", "option_group",
-             "database", "time_zone", "ssl_ca", "ssl_verify_identity", "connect_timeout",
+             "database", "time_zone", "ssl_ca", "ssl_mode", "connect_timeout",
              "read_timeout", "write_timeout", "sql_mode"}  # fmt: skip
+    if "ssl_verify_identity" in section:
+        raise ConfigError(f"{where}: ssl_verify_identity is replaced by ssl_mode = "
+                          '"verify_identity" (the default whenever ssl_ca is set)')  # fmt: skip
     unknown = set(section) - known
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+    ssl_ca = _take(section, "ssl_ca", str, where, None)
     option_file = _take(section, "option_file", str, where, None)
     ep = Endpoint(
         name=_take(section, "name", str, where, defaults.get("name", ...)),
@@ -190,28 +270,46 @@ def _endpoint(section: dict, where: str, defaults: dict[str, Any]) -> Endpoint:
         option_file=option_file,
         option_group=_take(section, "option_group", str, where, "client"),
         time_zone=_take(section, "time_zone", str, where, defaults.get("time_zone", "+00:00")),
-        ssl_ca=_take(section, "ssl_ca", str, where, None),
-        ssl_verify_identity=_take(section, "ssl_verify_identity", bool, where, False),
+        ssl_ca=ssl_ca,
+        ssl_mode=_take(
+            section, "ssl_mode", str, where, "verify_identity" if ssl_ca else "disabled"
+        ),
         connect_timeout=_take(section, "connect_timeout", float, where, 10.0),
         read_timeout=_take(section, "read_timeout", float, where, 120.0),
         write_timeout=_take(section, "write_timeout", float, where, 120.0),
         sql_mode=_take(section, "sql_mode", str, where, STRICT_SQL_MODE),
     )
-    if not NAME_RE.match(ep.name):
-        raise ConfigError(f"{where}: name {ep.name!r} must match {NAME_RE.pattern}")
-    if not TIME_ZONE_RE.match(ep.time_zone):
+    if not NAME_RE.fullmatch(ep.name):
+        raise ConfigError(f"{where}: name {ep.name!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+    if not TIME_ZONE_RE.fullmatch(ep.time_zone):
         raise ConfigError(f"{where}: time_zone {ep.time_zone!r} is not '+HH:MM' or a zone name")
     if not re.fullmatch(r"[A-Z_,]*", ep.sql_mode):
         raise ConfigError(f"{where}: sql_mode {ep.sql_mode!r} is not a list of modes")
+    if "NO_BACKSLASH_ESCAPES" in ep.sql_mode.split(","):
+        # Rows travel as QUOTE()d literals with backslash escapes: under this mode a backslash
+        # typed on a line would end the string early and let the rest run as SQL.
+        raise ConfigError(f"{where}: sql_mode must not contain NO_BACKSLASH_ESCAPES")
+    if ep.ssl_mode not in SSL_MODES:
+        raise ConfigError(f"{where}: ssl_mode {ep.ssl_mode!r} must be one of {list(SSL_MODES)}")
+    if ep.ssl_mode == "disabled" and ep.ssl_ca is not None:
+        raise ConfigError(f"{where}: ssl_ca is set but ssl_mode is disabled")
     if ep.password_env is None and ep.option_file is None:
         raise ConfigError(
             f"{where}: give `password_env` (name of an environment variable) or `option_file` "
             "(a MySQL option file); passwords never go in the config or on the command line"
         )
-    if ep.password_env is not None and ep.password_env not in os.environ:
-        raise ConfigError(f"{where}: environment variable {ep.password_env} is not set")
-    if ep.option_file is not None and not Path(ep.option_file).is_file():
-        raise ConfigError(f"{where}: option_file {ep.option_file} does not exist")
+    if ep.password_env is not None:
+        if ep.password_env not in os.environ and ep.password_env not in secrets:
+            raise ConfigError(
+                f"{where}: {ep.password_env} is neither in the environment nor in [job] secrets_file"
+            )
+        password = os.environ.get(ep.password_env, secrets.get(ep.password_env))
+        if password:
+            _SECRETS.add(password)
+    if ep.option_file is not None:
+        if not Path(ep.option_file).is_file():
+            raise ConfigError(f"{where}: option_file {ep.option_file} does not exist")
+        check_option_file(ep.option_file, ep.option_group, where)
     if ep.ssl_ca is not None and not Path(ep.ssl_ca).is_file():
         raise ConfigError(f"{where}: ssl_ca {ep.ssl_ca} does not exist")
     for key in ("connect_timeout", "read_timeout", "write_timeout"):
@@ -233,12 +331,19 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}")
     if not isinstance(raw.get("target"), dict):
         raise ConfigError(f"{path}: missing [target] section")
-    target = _endpoint(raw["target"], "[target]", {"name": "target"})
+    secrets_path = raw.get("job", {}).get("secrets_file", "")
+    if not isinstance(secrets_path, str):
+        raise ConfigError("[job]: `secrets_file` must be str")
+    secrets = read_secrets_file(Path(secrets_path)) if secrets_path else {}
+    _SECRETS.update(v for v in secrets.values() if v)
+    _ENV_SECRETS.clear()
+    _ENV_SECRETS.update(secrets)
+    target = _endpoint(raw["target"], "[target]", {"name": "target"}, secrets)
     sources_raw = raw.get("sources")
     if not isinstance(sources_raw, list) or not sources_raw:
         raise ConfigError(f"{path}: needs at least one [[sources]] entry")
     sources = [
-        _endpoint(s, f"[[sources]] #{i + 1}", {"time_zone": target.time_zone})
+        _endpoint(s, f"[[sources]] #{i + 1}", {"time_zone": target.time_zone}, secrets)
         for i, s in enumerate(sources_raw)
     ]
     names = [s.name for s in sources]
@@ -286,12 +391,48 @@ def load_config(path: Path) -> Config:
         raise ConfigError("[job]: batch_rows >= 1, max_statement_bytes >= 16384, chunk >= 1")
     if job.lookback_seconds < 0 or job.retries < 0 or job.max_rows_per_run < 0:
         raise ConfigError("[job]: lookback_seconds, retries, max_rows_per_run must be >= 0")
-    return Config(target=target, sources=sources, tables=tables, job=job)
+    if job.max_parallel_lines < 1 or job.lock_stale_seconds <= 0 or job.target_wait_timeout < 60:
+        raise ConfigError(
+            "[job]: max_parallel_lines >= 1, lock_stale_seconds > 0, target_wait_timeout >= 60"
+        )
+    if not NAME_RE.fullmatch(job.lock_prefix):
+        raise ConfigError("[job]: lock_prefix must be 1-64 of A-Z a-z 0-9 _ . -")
+    return Config(target=target, sources=sources, tables=tables, job=job, secrets=secrets)
 
 
 # ----------------------------------------------------------------------------- connections
-def connect(ep: Endpoint, *, autocommit: bool, database: bool = True) -> pymysql.Connection:
-    """utf8mb4, explicit time zone and sql_mode, timeouts on connect/read/write."""
+def tls_context(ep: Endpoint) -> ssl.SSLContext | None:
+    """disabled: no TLS. required: TLS or no connection (the certificate is checked against
+    ssl_ca when one is given). verify_identity: certificate chain (ssl_ca, else the system's CAs)
+    and host name both checked."""
+    if ep.ssl_mode == "disabled":
+        return None
+    ctx = ssl.create_default_context(cafile=ep.ssl_ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ep.ssl_mode == "required":
+        ctx.check_hostname = False
+        if ep.ssl_ca is None:
+            ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def connect(
+    ep: Endpoint,
+    *,
+    autocommit: bool,
+    database: bool = True,
+    wait_timeout: int | None = None,
+    time_zone: str | None = None,
+) -> pymysql.Connection:
+    """utf8mb4, an explicit time zone and sql_mode, timeouts on connect/read/write, TLS as
+    configured and proven (some PyMySQL versions fall back to plain text when the server
+    offers no TLS: the session's own cipher is checked instead of trusting the client)."""
+    zone = time_zone or ep.time_zone  # validated by TIME_ZONE_RE: cannot break out of quotes
+    init = [f"time_zone = '{zone}'"]
+    if wait_timeout is not None:
+        # A run that dies half-open leaves its session, and with it its GET_LOCK, on the
+        # server until wait_timeout closes it: keep that minutes, not the default 8 hours.
+        init.append(f"wait_timeout = {int(wait_timeout)}")
     kwargs: dict[str, Any] = dict(
         host=ep.host,
         port=ep.port,
@@ -302,8 +443,7 @@ def connect(ep: Endpoint, *, autocommit: bool, database: bool = True) -> pymysql
         autocommit=autocommit,
         conv=TEXT_ONLY_CONV,
         sql_mode=ep.sql_mode,
-        # The zone is validated by TIME_ZONE_RE above, so it cannot break out of the quotes.
-        init_command=f"SET time_zone = '{ep.time_zone}'",
+        init_command="SET SESSION " + ", SESSION ".join(init),
         local_infile=False,
     )
     if database:
@@ -311,14 +451,34 @@ def connect(ep: Endpoint, *, autocommit: bool, database: bool = True) -> pymysql
     if ep.user is not None:
         kwargs["user"] = ep.user
     if ep.password_env is not None:
-        kwargs["password"] = os.environ[ep.password_env]
+        kwargs["password"] = os.environ.get(ep.password_env, _ENV_SECRETS.get(ep.password_env))
     if ep.option_file is not None:
         kwargs["read_default_file"] = ep.option_file
         kwargs["read_default_group"] = ep.option_group
-    if ep.ssl_ca is not None:
-        kwargs.update(ssl_ca=ep.ssl_ca, ssl_verify_cert=True)
-        kwargs["ssl_verify_identity"] = ep.ssl_verify_identity
-    return pymysql.connect(**kwargs)
+    ctx = tls_context(ep)
+    if ctx is not None:
+        kwargs["ssl"] = ctx
+    else:
+        kwargs["ssl_disabled"] = True
+    try:
+        conn = pymysql.connect(**kwargs)
+    except ssl.SSLError as exc:
+        raise pymysql.err.OperationalError(2026, f"TLS to {ep.name} failed: {exc}") from None
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@session.sql_mode, (SELECT VARIABLE_VALUE FROM "
+                        "information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher')")  # fmt: skip
+            mode, cipher = cur.fetchone()
+        if "NO_BACKSLASH_ESCAPES" in (mode or "").split(","):
+            raise ConfigError(f"{ep.name}: the session runs with NO_BACKSLASH_ESCAPES")
+        if ctx is not None and not cipher:
+            raise pymysql.err.OperationalError(
+                2026, f"{ep.name}: ssl_mode is {ep.ssl_mode} but the server did not use TLS"
+            )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def qi(name: str) -> str:
@@ -360,35 +520,93 @@ class Column:
     extra: str
     charset: str | None
     collation: str | None
+    precision: int | None = None  # NUMERIC_PRECISION
+    scale: int | None = None  # NUMERIC_SCALE
+    fsp: int | None = None  # DATETIME_PRECISION (fractional seconds)
 
 
 def table_columns(conn: pymysql.Connection, database: str, table: str) -> list[Column]:
     sql = (
         "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, EXTRA, "
-        "CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+        "CHARACTER_SET_NAME, COLLATION_NAME, NUMERIC_PRECISION, NUMERIC_SCALE, "
+        "DATETIME_PRECISION FROM information_schema.COLUMNS "
         "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION"
     )
     with conn.cursor() as cur:
         cur.execute(sql, (database, table))
         rows = cur.fetchall()
+
+    def num(v):
+        return None if v is None else int(v)
+
     return [
-        Column(r[0], r[1].lower(), r[2], r[3] == "YES", r[4], (r[5] or "").lower(), r[6], r[7])
+        Column(
+            r[0],
+            r[1].lower(),
+            r[2],
+            r[3] == "YES",
+            r[4],
+            (r[5] or "").lower(),
+            r[6],
+            r[7],
+            num(r[8]),
+            num(r[9]),
+            num(r[10]),
+        )  # fmt: skip
         for r in rows
     ]
 
 
-def literal_expr(columns: list[Column]) -> str:
+def narrower(src: Column, tgt: Column) -> str | None:
+    """Why the target column would silently change a source value, or None. MariaDB rounds
+    DECIMAL scale, fractional seconds and DOUBLE->FLOAT without an error even in strict mode;
+    values that do not fit in other ways (too long, out of range) raise errors in strict mode
+    and become per-row rejects."""
+    temporal = TEMPORAL_TYPES | {"time"}
+    if src.data_type == "decimal" and tgt.data_type == "decimal":
+        s_int, t_int = (
+            (src.precision or 0) - (src.scale or 0),
+            (tgt.precision or 0) - (tgt.scale or 0),
+        )
+        if (tgt.scale or 0) < (src.scale or 0) or t_int < s_int:
+            return f"{tgt.column_type} cannot hold every {src.column_type} value exactly"
+    if src.data_type in temporal and tgt.data_type in temporal:
+        if (tgt.fsp or 0) < (src.fsp or 0):
+            return f"{tgt.column_type} keeps fewer fractional seconds than {src.column_type}"
+        if src.data_type != "date" and tgt.data_type == "date":
+            return f"{tgt.column_type} drops the time of day of {src.column_type}"
+    if src.data_type == "double" and tgt.data_type == "float":
+        return f"{tgt.column_type} rounds {src.column_type} to single precision"
+    if src.data_type in ("float", "double", "decimal") and tgt.data_type in EXACT_NUMBER_TYPES:
+        if tgt.data_type != "decimal":
+            return f"{tgt.column_type} rounds away the fractions of {src.column_type}"
+    return None
+
+
+def literal_expr(columns: list[Column], alias: str = "") -> str:
     """SQL that makes the server render a row as `v1,v2,...` with each value an exact SQL literal:
     QUOTE() escapes text (NULL becomes the word NULL), binary columns travel as X'hex', exact
     numbers as their plain text. Text in another character set (latin1, gbk) is converted to
     utf8mb4, the connection's, so CONCAT_WS never mixes character sets."""
     parts = []
     for col in columns:
-        name = qi(col.name)
+        name = f"{alias}.{qi(col.name)}" if alias else qi(col.name)
         if col.data_type in BINARY_TYPES:
             parts.append(f"IF({name} IS NULL, 'NULL', CONCAT('X''', HEX({name}), ''''))")
         elif col.data_type in EXACT_NUMBER_TYPES:
             parts.append(f"IFNULL({name}, 'NULL')")
+        elif col.data_type == "bit":
+            # HEX() of a BIT(10) has an odd number of digits: not a valid X'' literal.
+            parts.append(f"IFNULL({name} + 0, 'NULL')")
+        elif col.data_type == "float":
+            # FLOAT prints 6 significant digits (16777216 -> '16777200'); as a DOUBLE it prints
+            # exactly, and storing that into a FLOAT gives back the same bits.
+            parts.append(f"QUOTE(CAST({name} AS DOUBLE))")
+        elif col.data_type in SPATIAL_TYPES:
+            parts.append(
+                f"IF({name} IS NULL, 'NULL', CONCAT('ST_GeomFromWKB(X''', "
+                f"HEX(ST_AsBinary({name})), ''',', ST_SRID({name}), ')'))"
+            )
         elif col.charset is None or col.charset in ("utf8mb4", "utf8mb3", "utf8", "ascii"):
             parts.append(f"QUOTE({name})")
         else:
@@ -402,6 +620,7 @@ class TablePlan:
     columns: list[Column]  # copied columns, source order
     cursor_type: str
     select_lit: str  # literal expression over the copied columns
+    target_lit: str  # the same over the target table joined as `t`
     insert_prefix: str  # INSERT INTO t (cols) VALUES
     insert_suffix: str  # ON DUPLICATE KEY UPDATE key = key
 
@@ -434,13 +653,16 @@ def plan_table(
     copied = [
         c for c in src_cols if c.name not in skip and "generated" not in c.extra
     ]  # generated columns cannot be inserted; the target computes its own
-    for c in copied:
-        if c.data_type in UNSUPPORTED_TYPES:
-            raise ConfigError(
-                f"source {source.name}: column {c.name} has type {c.data_type}; list it in exclude"
-            )
     if tgt is not None:
-        tgt_cols = {c.name for c in table_columns(tgt, target_db, spec.target)}
+        tgt_by_name = {c.name: c for c in table_columns(tgt, target_db, spec.target)}
+        tgt_cols = set(tgt_by_name)
+        for c in copied:
+            why = narrower(c, tgt_by_name[c.name]) if c.name in tgt_by_name else None
+            if why:
+                raise ConfigError(
+                    f"target column {spec.target}.{c.name}: {why}; widen it in the target "
+                    "(values would change silently) or list the column in `exclude`"
+                )
         if not tgt_cols and target_must_exist:
             raise ConfigError(
                 f"target table {target_db}.{spec.target} does not exist: run with --init-target "
@@ -461,6 +683,7 @@ def plan_table(
         columns=copied,
         cursor_type=cursor_type,
         select_lit=literal_expr(copied),
+        target_lit=literal_expr(copied, alias="t"),
         insert_prefix=f"INSERT INTO {qi(spec.target)} ({', '.join(qi(n) for n in names)}) VALUES ",
         # A no-op update: existing rows stay exactly as they are; affected-rows is 0 for them.
         insert_suffix=f" ON DUPLICATE KEY UPDATE {qi(spec.key)} = {qi(spec.key)}",
@@ -514,7 +737,7 @@ def init_target(cfg: Config, sources: list[Endpoint], dry_run: bool, log) -> lis
     """Create the bookkeeping tables and each missing target table (from the first reachable
     source that has the table). Returns the statements (executed unless dry_run)."""
     statements = split_sql(BOOKKEEPING_SQL.read_text(encoding="utf-8"))
-    tgt = connect(cfg.target, autocommit=True)
+    tgt = connect(cfg.target, autocommit=True, time_zone="+00:00")
     try:
         for spec in cfg.tables:
             if table_columns(tgt, cfg.target.database, spec.target):
@@ -524,7 +747,11 @@ def init_target(cfg: Config, sources: list[Endpoint], dry_run: bool, log) -> lis
                 try:
                     src = connect(source, autocommit=True)
                 except pymysql.err.MySQLError as exc:
-                    log(f"init-target: source {source.name} unreachable ({exc}); trying the next")
+                    log(
+                        redact(
+                            f"init-target: source {source.name} unreachable ({exc}); trying the next"
+                        )
+                    )
                     continue
                 try:
                     cols = table_columns(src, source.database, spec.source)
@@ -546,12 +773,17 @@ def init_target(cfg: Config, sources: list[Endpoint], dry_run: bool, log) -> lis
 
 
 # ----------------------------------------------------------------------------- row literals
-_LIT_TOKEN = re.compile(r"NULL|X'([0-9A-Fa-f]*)'|'((?:[^'\\]|\\.)*)'|(-?[0-9][0-9.eE+-]*)", re.S)
+_LIT_TOKEN = re.compile(
+    r"NULL|X'(?P<hex>[0-9A-Fa-f]*)'|'(?P<text>(?:[^'\\]|\\.)*)'|(?P<num>-?[0-9][0-9.eE+-]*)"
+    r"|ST_GeomFromWKB\(X'(?P<wkb>[0-9A-Fa-f]*)',(?P<srid>[0-9]+)\)",
+    re.S,
+)
 _UNESCAPE = {"0": "\0", "Z": "\x1a", "n": "\n", "r": "\r", "t": "\t", "b": "\b"}
 
 
 def parse_literal_row(text: str) -> list[str | None]:
-    """Inverse of literal_expr, for the JSON copies kept in sync_rejects/sync_conflicts."""
+    """Inverse of literal_expr, for the keys and the JSON copies kept in sync_rejects and
+    sync_conflicts."""
     values: list[str | None] = []
     pos = 0
     while pos < len(text):
@@ -560,13 +792,15 @@ def parse_literal_row(text: str) -> list[str | None]:
             raise ValueError(f"cannot parse row literal at {pos}: {text[pos : pos + 20]!r}")
         if m.group(0) == "NULL":
             values.append(None)
-        elif m.group(1) is not None:
-            values.append("0x" + m.group(1))
-        elif m.group(3) is not None:
-            values.append(m.group(3))
+        elif m["hex"] is not None:
+            values.append("0x" + m["hex"])
+        elif m["num"] is not None:
+            values.append(m["num"])
+        elif m["wkb"] is not None:
+            values.append(f"WKB 0x{m['wkb']} SRID {m['srid']}")
         else:
             values.append(
-                re.sub(r"\\(.)", lambda e: _UNESCAPE.get(e[1], e[1]), m.group(2), flags=re.S)
+                re.sub(r"\\(.)", lambda e: _UNESCAPE.get(e[1], e[1]), m["text"], flags=re.S)
             )
         pos = m.end()
         if pos < len(text):
@@ -585,6 +819,12 @@ def row_json(plan: TablePlan, literal: str) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=False)
 
 
+def row_hash(literal: str) -> str:
+    """The content fingerprint stored with rejects and conflicts; --verify recomputes it on the
+    line (MD5 of the same literal) to tell whether a stored reason still describes the row."""
+    return hashlib.md5(literal.encode()).hexdigest()
+
+
 # ----------------------------------------------------------------------------- the copy
 @dataclass
 class TableResult:
@@ -600,6 +840,7 @@ class TableResult:
     watermark: str | None = None
     upper_bound: str | None = None
     dry_run: bool = False
+    more_pending: bool = False  # max_rows_per_run stopped this run before the upper bound
     note: str | None = None
     source_wait_s: float = 0.0  # writer idle, waiting for the source: the source is the bottleneck
     target_write_s: float = 0.0  # time in target INSERT/COMMIT: the target is the bottleneck
@@ -616,21 +857,27 @@ class TableResult:
 @dataclass
 class SourceResult:
     source: str
-    status: str = "ok"  # ok | failed | locked | config_error
+    status: str = "ok"  # ok | failed | locked | stuck | config_error
     attempts: int = 0
     error: str | None = None
     tables: list[TableResult] = field(default_factory=list)
     verify: list[dict[str, Any]] = field(default_factory=list)
 
 
-def norm_key(key: str) -> str:
-    """Key as the (usually case-insensitive, PAD SPACE) collation compares it."""
-    return key.rstrip(" ").casefold()
+def usable_time(value: str | None) -> bool:
+    """A cursor value the job can compute with: a real calendar date (not NULL, not a zero or
+    zero-in-date value such as '0000-00-00' or '2024-06-00' that a line in sql_mode='' stores)."""
+    if value is None:
+        return False
+    try:
+        return datetime.fromisoformat(value).year >= 1
+    except ValueError:
+        return False
 
 
 def read_state(
     tgt: pymysql.Connection, source: str, spec: TableSpec
-) -> tuple[str, str | None] | None:
+) -> tuple[str | None, str | None] | None:
     with tgt.cursor() as cur:
         cur.execute(
             "SELECT cursor_value, key_value FROM sync_state "
@@ -639,7 +886,7 @@ def read_state(
         )
         row = cur.fetchone()
     tgt.commit()  # end the read snapshot so later reads see fresh data
-    if row is None or row[0] is None:
+    if row is None:
         return None
     return row[0], row[1]
 
@@ -650,136 +897,118 @@ def shift_time(value: str, seconds: float) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-class Copier:
-    """Streams one (source, table) into the target in committed batches."""
+def key_lookup_sql(table: str, key: Column, select: str, n: int) -> str:
+    """Map each requested key to the target row that the target's own key collation matches
+    (case, accents and trailing spaces as the server compares them, not as Python would):
+    `SELECT requested, <select> FROM (requested keys) JOIN table ON key = requested`."""
+    if not re.fullmatch(r"[A-Za-z0-9_]+", key.charset or "utf8mb4") or not re.fullmatch(
+        r"[A-Za-z0-9_]+", key.collation or "utf8mb4_bin"
+    ):
+        raise ConfigError(f"key column {key.name}: unexpected collation {key.collation!r}")
+    wanted = " UNION ALL ".join(["SELECT %s AS k"] * n)
+    match = qi(key.name) + " = q.k"
+    if key.collation:
+        match = f"{qi(key.name)} = CONVERT(q.k USING {key.charset}) COLLATE {key.collation}"
+    return f"SELECT q.k, {select} FROM ({wanted}) AS q JOIN {qi(table)} AS t ON t.{match}"
 
-    def __init__(self, cfg: Config, source: Endpoint, plan: TablePlan, src, tgt, dry_run: bool):
+
+class Copier:
+    """Copies one (source, table) into the target in committed batches, in two passes:
+
+    1. lookback: the rows from (watermark - lookback_seconds) up to the watermark itself, to
+       catch rows committed late with an older cursor. It never moves the watermark and has no
+       row limit, so it can never keep a line from advancing.
+    2. forward: the rows after the watermark in (cursor, key) order up to the run's upper bound
+       (NOW(6) on the source), at most max_rows_per_run of them.
+
+    Both passes read the source in short keyset-paged queries (batch_rows each) rather than one
+    long streaming query: each statement holds the table's metadata lock only for itself, so a
+    line-side ALTER (and the writes queued behind it) never waits for a whole copy."""
+
+    def __init__(self, cfg: Config, source: Endpoint, plan: TablePlan, src, tgt, dry_run: bool,
+                 upper: str, log) -> None:  # fmt: skip
         self.cfg, self.source, self.plan, self.src, self.tgt = cfg, source, plan, src, tgt
-        self.dry_run = dry_run
+        self.dry_run, self.upper, self.log = dry_run, upper, log
         self.spec = plan.spec
         # Each row arrives from the source already as `(v1,...,vn,'line1')`, flagged `R(...)`
-        # when its key is NULL or empty: one column per row keeps the Python side cheap.
+        # when it cannot be stored as is (NULL or empty key, unusable cursor).
         self.row_suffix = (
             "," + pymysql.converters.escape_string(source.name).join("''") + ")"
             if plan.spec.source_column
             else ")"
         )
         names = [c.name for c in plan.columns]
-        self.key_index, self.cursor_index = (
-            names.index(plan.spec.key),
-            names.index(plan.spec.cursor),
-        )
+        self.key_index = names.index(plan.spec.key)
+        self.key_column = plan.columns[self.key_index]
         max_packet = int(scalar(tgt, "SELECT @@max_allowed_packet"))
         # Leave room for the statement text around the rows and the protocol header.
         self.statement_limit = min(cfg.job.max_statement_bytes, max_packet - 4096)
         self.result = TableResult(source.name, plan.spec.source, plan.spec.target, dry_run=dry_run)
-        self.dry_run_seen: dict[str, str] = {}
+        # Dry run: keys it would insert, to count repeats within the line. Bounded (oldest
+        # dropped first) so that a first-copy dry run stays flat in memory like a real run.
+        self.dry_run_seen: OrderedDict[str, str] = OrderedDict()
 
     # -- reading -------------------------------------------------------------------------------
-    def source_query(self, state: tuple[str, str | None] | None, upper: str) -> tuple[str, list]:
+    def page_sql(self) -> str:
         c, k = qi(self.spec.cursor), qi(self.spec.key)
-        lookback = self.cfg.job.lookback_seconds
-        if state is None:
-            where, args = f"{c} <= %s", [upper]
-        elif lookback > 0:
-            where, args = f"{c} >= %s AND {c} <= %s", [shift_time(state[0], lookback), upper]
-        elif state[1] is None:
-            where, args = f"{c} >= %s AND {c} <= %s", [state[0], upper]
-        else:
-            # Keyset continuation written out: MariaDB does not range-optimise (c, k) > (x, y).
-            where = f"{c} >= %s AND ({c} > %s OR {k} > %s) AND {c} <= %s"
-            args = [state[0], state[0], state[1], upper]
+        bad = f"YEAR({c}) = 0 OR MONTH({c}) = 0 OR DAYOFMONTH({c}) = 0"
         suffix_sql = pymysql.converters.escape_string(self.row_suffix).join("''")
-        sql = (
-            f"SELECT CONCAT(IF({k} IS NULL OR TRIM({k}) = '', 'R(', '('), {self.plan.select_lit}, "
-            f"{suffix_sql}) FROM {qi(self.spec.source)} WHERE {where} ORDER BY {c}, {k}"
+        return (
+            f"SELECT CONCAT(IF({k} IS NULL OR TRIM({k}) = '' OR {bad}, 'R(', '('), "
+            f"{self.plan.select_lit}, {suffix_sql}), {c}, {k}, "
+            f"IF({k} IS NULL OR TRIM({k}) = '', 1, IF({bad}, 2, 0)) "
+            f"FROM {qi(self.spec.source)} WHERE {{where}} ORDER BY {c}, {k} LIMIT %s"
         )
-        if self.cfg.job.max_rows_per_run:
-            sql += f" LIMIT {int(self.cfg.job.max_rows_per_run)}"
-        return sql, args
 
-    def run(self) -> TableResult:
-        """Stream the source in a reader thread (parsing rows) while this thread writes the
-        previous batch to the target: the two servers work at the same time, as in a
-        `mariadb-dump | mariadb` pipe. The queue is short, so memory stays flat."""
-        started = time.monotonic()
-        res = self.result
-        upper = scalar(self.src, "SELECT NOW(6)")  # the SOURCE clock bounds this run
-        res.upper_bound = upper
-        self.target_exists = bool(
-            table_columns(self.tgt, self.cfg.target.database, self.spec.target)
-        )
-        has_state = bool(table_columns(self.tgt, self.cfg.target.database, "sync_state"))
-        if not has_state and not self.dry_run:
-            raise ConfigError(
-                "target has no sync_state table: run with --init-target or "
-                "mysql_sync/sql/003_bookkeeping.sql"
-            )
-        state = read_state(self.tgt, self.source.name, self.spec) if has_state else None
-        self.watermark = state
-        res.watermark = state[0] if state else None
-        lookback = self.cfg.job.lookback_seconds
+    @staticmethod
+    def after(c: str, k: str, position: tuple[str, str | None]) -> tuple[str, list]:
+        """Rows strictly after `position` in (cursor, key) order. Written out because MariaDB
+        does not range-optimise `(c, k) > (x, y)`; a NULL key sorts first within its cursor."""
+        if position[1] is None:
+            return f"{c} >= %s AND ({c} > %s OR {k} IS NOT NULL)", [position[0], position[0]]
+        return f"{c} >= %s AND ({c} > %s OR {k} > %s)", [position[0], position[0], position[1]]
 
-        # NULL cursors never match a range predicate: fetch them separately so they are
-        # reported in sync_rejects instead of silently ignored.
-        pending_rejects: list[tuple[str | None, str, int | None, str]] = []
-        with self.src.cursor() as cur:
-            cur.execute(
-                f"SELECT {self.plan.select_lit}, {qi(self.spec.key)} FROM {qi(self.spec.source)} "
-                f"WHERE {qi(self.spec.cursor)} IS NULL"
-            )
-            for lit, key in cur.fetchall():
-                res.read += 1
-                pending_rejects.append((key, lit, None, f"NULL cursor column {self.spec.cursor}"))
+    def pages(self, lower: tuple[str, list], bound: tuple[str, list], limit: int, stop):
+        """Yield (row, cursor, key, flag) in (cursor, key) order from `lower` within `bound`,
+        one short query per page, at most `limit` rows (0: no limit)."""
+        c, k = qi(self.spec.cursor), qi(self.spec.key)
+        sql = self.page_sql()
+        where, args = lower
+        n_good = 0  # rows with a usable cursor: only they count towards `limit`, so a limit
+        # always ends on a row the watermark can take
+        page = self.cfg.job.batch_rows
+        while not stop.is_set():
+            with self.src.cursor() as cur:
+                cur.execute(
+                    sql.format(where=f"({where}) AND ({bound[0]})"), [*args, *bound[1], page]
+                )
+                rows = cur.fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield row
+                n_good += int(row[3]) != 2
+                # Never stop on a NULL key: the next keyset could not tell its twins apart.
+                if limit and n_good >= limit and row[2] is not None:
+                    self.result.more_pending = True
+                    return
+            last_c, last_k = rows[-1][1], rows[-1][2]
+            if last_k is None and len(rows) == page:
+                # The page may end inside a run of rows sharing this cursor and a NULL key,
+                # which no keyset can resume: take the rest of them now (they are rejects).
+                seen = [r[0] for r in rows if r[1] == last_c and r[2] is None]
+                with self.src.cursor() as cur:
+                    cur.execute(sql.format(where=f"{c} = %s AND {k} IS NULL"), [last_c, 10**9])
+                    for row in cur.fetchall():
+                        if row[0] in seen:
+                            seen.remove(row[0])
+                        else:
+                            yield row
+            if len(rows) < page:
+                return
+            where, args = self.after(c, k, (last_c, last_k))
 
-        sql, args = self.source_query(state, upper)
-        batches: queue.Queue = queue.Queue(maxsize=3)
-        stop = threading.Event()
-        reader = threading.Thread(
-            target=self.read_stream, args=(sql, args, batches, stop), name="source-reader"
-        )
-        # The reader holds the GIL while parsing rows; a short switch interval lets the writer
-        # send the next INSERT as soon as the previous one returns (the target is the bottleneck).
-        sys.setswitchinterval(0.0005)
-        reader.start()
-        try:
-            while True:
-                waited = time.monotonic()
-                kind, payload = batches.get()
-                res.source_wait_s += time.monotonic() - waited
-                if kind == "error":
-                    raise payload
-                if kind == "end":
-                    break
-                batch, rejects, last, n_read = payload
-                res.read += n_read
-                new_state = self.watermark
-                if self.watermark is None or lookback == 0 or last[0] > self.watermark[0]:
-                    # Rows arrive in (cursor, key) order; with a lookback window the re-read
-                    # rows sit at or before the stored cursor, so only a later cursor moves it.
-                    new_state = last
-                if batch or rejects or pending_rejects or new_state != self.watermark:
-                    writing = time.monotonic()
-                    self.write_batch(batch, pending_rejects + rejects, new_state)
-                    res.target_write_s += time.monotonic() - writing
-                    pending_rejects = []
-                self.watermark = new_state
-                if self.cfg.job.throttle_seconds:
-                    time.sleep(self.cfg.job.throttle_seconds)
-        except BaseException:
-            stop.set()
-            # Abandon the streaming result: closing the socket is immediate, draining it is not.
-            self.src._force_close()
-            reader.join(30)
-            raise
-        reader.join()
-        if pending_rejects:
-            self.write_batch([], pending_rejects, self.watermark)
-        res.watermark = self.watermark[0] if self.watermark else None
-        res.seconds = time.monotonic() - started
-        return res
-
-    def read_stream(self, sql: str, args: list, out: queue.Queue, stop: threading.Event) -> None:
+    def read_pass(self, lower, bound, limit: int, out: queue.Queue, stop) -> None:
         """Reader thread: turn source rows into INSERT tuples, batch them, hand them over."""
 
         def put(item) -> None:
@@ -790,65 +1019,178 @@ class Copier:
                 except queue.Full:
                     continue
 
-        def hand_over(batch, rejects, last_row, n_read) -> None:
-            # The watermark of the batch: (cursor, key) of its last row, parsed once per batch.
-            values = parse_literal_row(self.row_literal(last_row))
-            last = (values[self.cursor_index], values[self.key_index])
-            put(("batch", (batch, [self.reject(*r) for r in rejects], last, n_read)))
-
         try:
-            limit = self.statement_limit - 200 - len(self.plan.insert_prefix)
-            max_rows = self.cfg.job.batch_rows
-            no_key = f"NULL or empty key column {self.spec.key}"
+            limit_bytes = self.statement_limit - 200 - len(self.plan.insert_prefix)
+            reasons = {1: f"NULL or empty key column {self.spec.key}",
+                       2: f"zero or zero-in-date cursor column {self.spec.cursor}"}  # fmt: skip
             batch: list[bytes] = []
             rejects: list[tuple[str, str]] = []
             batch_bytes = n_read = 0
-            last_row = ""
-            cur = self.src.cursor(pymysql.cursors.SSCursor)
-            cur.execute(sql, args)
-            for (row,) in cur:
+            last_good: tuple[str, str | None] | None = None
+            for row, cursor, key, flag in self.pages(lower, bound, limit, stop):
                 if stop.is_set():
                     return
-                if row[0] == "(":
+                n_read += 1
+                flag = int(flag)
+                if flag:
+                    rejects.append((row[1:], reasons[flag]))
+                else:
                     data = row.encode()
-                    if len(data) > limit:
+                    if len(data) > limit_bytes:
                         rejects.append((row, "row larger than max_allowed_packet"))
                     else:
-                        if batch_bytes + len(data) + 1 > limit:
-                            hand_over(batch, rejects, last_row, n_read)
-                            batch, rejects, batch_bytes, n_read = [], [], 0, 0
+                        if batch_bytes + len(data) + 1 > limit_bytes:
+                            put(("batch", (batch, [self.reject(*r) for r in rejects], last_good,
+                                           n_read - 1)))  # fmt: skip
+                            batch, rejects, batch_bytes, n_read = [], [], 0, 1
                         batch.append(data)
                         batch_bytes += len(data) + 1
-                else:
-                    row = row[1:]  # the 'R' flag: NULL or empty key
-                    rejects.append((row, no_key))
-                n_read += 1
-                last_row = row
-                if len(batch) >= max_rows or len(rejects) >= 1000:
-                    hand_over(batch, rejects, last_row, n_read)
+                if flag != 2:
+                    # Only a usable cursor may become the watermark: the next run computes
+                    # (watermark - lookback) from it.
+                    last_good = (cursor, key)
+                if len(batch) >= self.cfg.job.batch_rows or len(rejects) >= 1000:
+                    put(("batch", (batch, [self.reject(*r) for r in rejects], last_good, n_read)))
                     batch, rejects, batch_bytes, n_read = [], [], 0, 0
-            cur.close()
             if n_read:
-                hand_over(batch, rejects, last_row, n_read)
+                put(("batch", (batch, [self.reject(*r) for r in rejects], last_good, n_read)))
             put(("end", None))
         except BaseException as exc:  # noqa: BLE001 - handed to the writer thread to raise
             put(("error", exc))
+
+    def copy_pass(self, lower, bound, limit: int, moves_watermark: bool) -> int:
+        """Run one pass: the source is read in a thread while this thread writes the previous
+        batch, so both servers work at once (as in a `mariadb-dump | mariadb` pipe). Returns
+        the rows read."""
+        res = self.result
+        batches: queue.Queue = queue.Queue(maxsize=3)
+        stop = threading.Event()
+        reader = threading.Thread(target=self.read_pass, args=(lower, bound, limit, batches, stop),
+                                  name=f"reader-{self.source.name}")  # fmt: skip
+        reader.start()
+        n_total = 0
+        try:
+            while True:
+                waited = time.monotonic()
+                kind, payload = batches.get()
+                res.source_wait_s += time.monotonic() - waited
+                if kind == "error":
+                    raise payload
+                if kind == "end":
+                    break
+                batch, rejects, last_good, n_read = payload
+                res.read += n_read
+                n_total += n_read
+                new_state = self.watermark
+                if moves_watermark and last_good is not None:
+                    new_state = last_good  # forward pass: every row lies after the watermark
+                writing = time.monotonic()
+                self.write_batch(batch, self.pending_rejects + rejects, new_state)
+                res.target_write_s += time.monotonic() - writing
+                self.pending_rejects = []
+                self.watermark = new_state
+                if self.cfg.job.throttle_seconds:
+                    time.sleep(self.cfg.job.throttle_seconds)
+        except BaseException:
+            stop.set()
+            reader.join(30)
+            raise
+        reader.join()
+        return n_total
+
+    def repair_watermark(self, state):
+        """A stored watermark that is not a usable date (written by an older version that
+        adopted a zero-in-date cursor) restarts from the newest row this line already has in
+        the target; rows at or after it are re-read and counted as present."""
+        if state is None or usable_time(state[0]):
+            return state, False
+        restart = None
+        if self.spec.source_column and self.target_exists:
+            c = qi(self.spec.cursor)
+            restart = scalar(
+                self.tgt,
+                f"SELECT MAX({c}) FROM {qi(self.spec.target)} WHERE {qi(self.spec.source_column)} = %s "
+                f"AND YEAR({c}) > 0 AND MONTH({c}) > 0 AND DAYOFMONTH({c}) > 0",
+                (self.source.name,),
+            )
+            self.tgt.commit()
+        self.log(
+            f"{self.source.name} {self.spec.source}: stored watermark {state[0]!r} is not a usable "
+            f"date; repaired: restarting from {restart or 'the beginning'}"
+        )
+        return ((restart, None) if restart else None), True
+
+    def run(self) -> TableResult:
+        started = time.monotonic()
+        res = self.result
+        res.upper_bound = self.upper
+        self.target_exists = bool(
+            table_columns(self.tgt, self.cfg.target.database, self.spec.target)
+        )
+        has_state = bool(table_columns(self.tgt, self.cfg.target.database, "sync_state"))
+        if not has_state and not self.dry_run:
+            raise ConfigError(
+                "target has no sync_state table: run with --init-target or "
+                "mysql_sync/sql/003_bookkeeping.sql"
+            )
+        state = read_state(self.tgt, self.source.name, self.spec) if has_state else None
+        state, repaired = self.repair_watermark(state)
+        start_state = self.watermark = state
+        res.watermark = state[0] if state else None
+        c, k = qi(self.spec.cursor), qi(self.spec.key)
+        lookback = self.cfg.job.lookback_seconds
+
+        # NULL cursors never match a range predicate: fetch them separately so they are
+        # reported in sync_rejects instead of silently ignored.
+        self.pending_rejects: list[tuple[str | None, str, int | None, str]] = []
+        with self.src.cursor() as cur:
+            cur.execute(
+                f"SELECT {self.plan.select_lit} FROM {qi(self.spec.source)} WHERE {c} IS NULL"
+            )
+            for (lit,) in cur.fetchall():
+                res.read += 1
+                self.pending_rejects.append(
+                    (self.key_of(lit), lit, None, f"NULL cursor column {self.spec.cursor}")
+                )
+
+        if state is not None and lookback > 0:
+            after = self.after(c, k, state)
+            bound = (f"{c} <= %s AND NOT ({after[0]})", [state[0], *after[1]])
+            lower = (f"{c} >= %s", [shift_time(state[0], lookback)])
+            self.copy_pass(lower, bound, 0, moves_watermark=False)
+        lower = self.after(c, k, state) if state is not None else ("1 = 1", [])
+        limit = self.cfg.job.max_rows_per_run
+        n_forward = self.copy_pass(lower, (f"{c} <= %s", [self.upper]), limit, moves_watermark=True)
+        if self.pending_rejects or (repaired and self.watermark == start_state):
+            self.write_batch([], self.pending_rejects, self.watermark, force_state=repaired)
+            self.pending_rejects = []
+        if res.more_pending and self.watermark == start_state and not self.dry_run:
+            raise Stuck(
+                f"{self.spec.source}: read {n_forward} row(s) after the watermark "
+                f"{start_state} but none has a usable cursor, so the watermark cannot move; "
+                "raise [job] max_rows_per_run or fix those rows' cursor on the line"
+            )
+        res.watermark = self.watermark[0] if self.watermark else None
+        res.seconds = time.monotonic() - started
+        return res
 
     def row_literal(self, row: str) -> str:
         """`(v1,...,vn,'line1')` -> `v1,...,vn` (the form the target's read-back uses)."""
         return row[1 : -len(self.row_suffix)]
 
+    def key_of(self, lit: str) -> str | None:
+        try:
+            return parse_literal_row(lit)[self.key_index]
+        except (ValueError, IndexError):
+            return None
+
     def key_and_literal(self, row: bytes) -> tuple[str | None, str]:
         lit = self.row_literal(row.decode())
-        return parse_literal_row(lit)[self.key_index], lit
+        return self.key_of(lit), lit
 
     def reject(self, row: str, reason: str) -> tuple[str | None, str, int | None, str]:
         lit = self.row_literal(row)
-        try:
-            key = parse_literal_row(lit)[self.key_index]
-        except ValueError:
-            key = None
-        return key, lit, None, reason
+        return self.key_of(lit), lit, None, reason
 
     # -- writing -------------------------------------------------------------------------------
     def insert(self, rows: list[bytes], rejects: list) -> tuple[int, list]:
@@ -863,6 +1205,11 @@ class Copier:
             return affected, rows
         except pymysql.err.MySQLError as exc:
             code = errno_of(exc)
+            if code == 1143:
+                raise ConfigError(
+                    f"the target user lacks a column privilege on {self.spec.target} ({exc.args[1]}): "
+                    "a column was added; re-run mysql_sync/sql/011_grants_target.sql"
+                ) from None
             if code not in ROW_DATA_ERRNOS:
                 raise
             if len(rows) == 1:
@@ -875,25 +1222,24 @@ class Copier:
             return n1 + n2, kept1 + kept2
 
     def fetch_target_literals(self, keys: list[str]) -> dict[str, tuple[str, str | None]]:
+        """requested key -> (the target row's literal, its source) for keys the target holds
+        under its key column's collation."""
         if not keys:
             return {}
-        src_col = qi(self.spec.source_column) if self.spec.source_column else "NULL"
+        src_col = f"t.{qi(self.spec.source_column)}" if self.spec.source_column else "NULL"
         found: dict[str, tuple[str, str | None]] = {}
         unique = list(dict.fromkeys(keys))
-        for i in range(0, len(unique), 1000):
-            part = unique[i : i + 1000]
+        for i in range(0, len(unique), 500):
+            part = unique[i : i + 500]
+            sql = key_lookup_sql(self.spec.target, self.key_column,
+                                 f"{self.plan.target_lit}, {src_col}", len(part))  # fmt: skip
             with self.tgt.cursor() as cur:
-                cur.execute(
-                    f"SELECT {qi(self.spec.key)}, {self.plan.select_lit}, {src_col} "
-                    f"FROM {qi(self.spec.target)} WHERE {qi(self.spec.key)} IN "
-                    f"({','.join(['%s'] * len(part))})",
-                    part,
-                )
+                cur.execute(sql, part)
                 for key, lit, owner in cur.fetchall():
-                    found[norm_key(key)] = (lit, owner)
+                    found[key] = (lit, owner)
         return found
 
-    def write_batch(self, batch, rejects, new_state) -> None:
+    def write_batch(self, batch, rejects, new_state, force_state: bool = False) -> None:
         res = self.result
         if self.dry_run:
             # Classify without writing: what would be inserted, already present or conflict.
@@ -902,12 +1248,15 @@ class Copier:
                 self.fetch_target_literals([k for k, _ in pairs]) if self.target_exists else {}
             )
             for key, lit in pairs:
-                nk = norm_key(key)
-                have = existing.get(nk, (self.dry_run_seen.get(nk), None))[0]
-                if have is None:
+                digest = row_hash(lit)
+                have = existing.get(key)
+                seen = self.dry_run_seen.get(key.rstrip(" ").casefold())
+                if have is None and seen is None:
                     res.inserted += 1
-                    self.dry_run_seen[nk] = lit
-                elif have == lit:
+                    self.dry_run_seen[key.rstrip(" ").casefold()] = digest
+                    if len(self.dry_run_seen) > 100_000:
+                        self.dry_run_seen.popitem(last=False)
+                elif (have is not None and have[0] == lit) or (have is None and seen == digest):
                     res.present += 1
                 else:
                     res.conflicts += 1
@@ -920,7 +1269,7 @@ class Copier:
             pairs = [self.key_and_literal(r) for r in kept]
             existing = self.fetch_target_literals([k for k, _ in pairs])
             for key, lit in pairs:
-                have = existing.get(norm_key(key))
+                have = existing.get(key)
                 if have is not None and have[0] != lit:
                     conflicts.append((key, lit, have[1]))
         res.inserted += inserted
@@ -933,8 +1282,8 @@ class Copier:
                     "INSERT INTO sync_conflicts (source_name, table_name, key_value, row_hash, "
                     "row_json, winner_source) VALUES (%s, %s, %s, %s, %s, %s) "
                     "ON DUPLICATE KEY UPDATE last_seen = NOW(6), seen_count = seen_count + 1",
-                    (self.source.name, self.spec.target, key,
-                     hashlib.md5(lit.encode()).hexdigest(), row_json(self.plan, lit), owner),
+                    (self.source.name, self.spec.target, key, row_hash(lit),
+                     row_json(self.plan, lit), owner),
                 )  # fmt: skip
             for key, lit, code, reason in rejects:
                 cur.execute(
@@ -942,11 +1291,10 @@ class Copier:
                     "row_json, error_code, error) VALUES (%s, %s, %s, %s, %s, %s, %s) "
                     "ON DUPLICATE KEY UPDATE last_seen = NOW(6), seen_count = seen_count + 1, "
                     "error_code = VALUES(error_code), error = VALUES(error)",
-                    (self.source.name, self.spec.target, key,
-                     hashlib.md5(lit.encode()).hexdigest(), row_json(self.plan, lit), code,
-                     reason[:1000]),
+                    (self.source.name, self.spec.target, key, row_hash(lit),
+                     row_json(self.plan, lit), code, reason[:1000]),
                 )  # fmt: skip
-            if new_state is not None:
+            if new_state is not None and (new_state != self.watermark or inserted or force_state):
                 # Same transaction as the rows: both land or neither does.
                 cur.execute(
                     "INSERT INTO sync_state (source_name, source_table, target_table, "
@@ -957,34 +1305,61 @@ class Copier:
                     (self.source.name, self.spec.source, self.spec.target, new_state[0],
                      new_state[1], inserted),
                 )  # fmt: skip
+            elif new_state is None and force_state:
+                cur.execute(
+                    "DELETE FROM sync_state WHERE source_name = %s AND source_table = %s "
+                    "AND target_table = %s",
+                    (self.source.name, self.spec.source, self.spec.target),
+                )
         self.tgt.commit()
 
 
 # ----------------------------------------------------------------------------- verify
 def verify_table(cfg: Config, source: Endpoint, plan: TablePlan, src, tgt) -> dict[str, Any]:
-    """Compare the source rows up to the stored watermark with the target, in chunks of keys:
+    """Compare the line's rows up to the stored watermark with the target, in chunks of keys:
     one COUNT/SUM(CRC32) checksum per chunk from the target, rows fetched only for chunks whose
-    checksum differs. Differences already explained by sync_conflicts/sync_rejects are tagged."""
+    checksum differs. Keys are matched by the target key column's collation; TIMESTAMPs are
+    compared as UTC instants (both sessions run in +00:00). A difference is explained only when
+    sync_rejects or sync_conflicts holds the line row's CURRENT content (same row_hash): a row
+    fixed on the line, or never copied after the cause went away, is reported."""
     spec = plan.spec
     out: dict[str, Any] = {"source": source.name, "table": spec.source, "target_table": spec.target,
                            "checked": 0, "chunks": 0, "chunks_differing": 0, "missing": [],
-                           "different": [], "explained": 0}  # fmt: skip
+                           "different": [], "explained": 0, "pending": 0,
+                           "unchecked_after_watermark": 0, "unchecked_not_copyable": 0}  # fmt: skip
     state = read_state(tgt, source.name, spec)
     if state is None:
         out["note"] = "never synced"
         return out
-    k = qi(spec.key)
-    tgt_hash = f"MD5({plan.select_lit})"
+    if not usable_time(state[0]):
+        out["note"] = f"watermark {state[0]!r} is unusable: run the sync once to repair it"
+        out["problem"] = True
+        return out
+    c, k = qi(spec.cursor), qi(spec.key)
+    bad = (
+        f"({k} IS NULL OR TRIM({k}) = '' OR YEAR({c}) = 0 OR MONTH({c}) = 0 OR DAYOFMONTH({c}) = 0)"
+    )
+    with src.cursor() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM {qi(spec.source)} WHERE {c} > %s", (state[0],))
+        out["unchecked_after_watermark"] = int(cur.fetchone()[0])
+        cur.execute(
+            f"SELECT COUNT(*) FROM {qi(spec.source)} WHERE ({c} <= %s AND {bad}) OR {c} IS NULL",
+            (state[0],),
+        )
+        out["unchecked_not_copyable"] = int(cur.fetchone()[0])
+    recent = shift_time(state[0], cfg.job.lookback_seconds)
+    key_col = plan.columns[[col.name for col in plan.columns].index(spec.key)]
+    source_hash: dict[str, str] = {}
 
-    def check_chunk(chunk: list[tuple[str, str]]) -> None:
+    def check_chunk(chunk: list[tuple[str, str, str]]) -> None:
         out["chunks"] += 1
         out["checked"] += len(chunk)
-        keys = [key for key, _ in chunk]
-        expect = sum(zlib.crc32(f"{key}|{h}".encode()) for key, h in chunk)
+        keys = [key for key, _, _ in chunk]
+        expect = sum(zlib.crc32(f"{key}|{h}".encode()) for key, h, _ in chunk)
         marks = ",".join(["%s"] * len(keys))
         with tgt.cursor() as cur:
             cur.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT({k}, '|', {tgt_hash}))), 0) "
+                f"SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT({k}, '|', MD5({plan.select_lit})))), 0) "
                 f"FROM {qi(spec.target)} WHERE {k} IN ({marks})",
                 keys,
             )
@@ -992,56 +1367,79 @@ def verify_table(cfg: Config, source: Endpoint, plan: TablePlan, src, tgt) -> di
         if int(count) == len(chunk) and int(total) == expect:
             return
         out["chunks_differing"] += 1
+        sql = key_lookup_sql(spec.target, key_col, f"MD5({plan.target_lit})", len(keys))
         with tgt.cursor() as cur:
-            cur.execute(
-                f"SELECT {k}, {tgt_hash} FROM {qi(spec.target)} WHERE {k} IN ({marks})", keys
-            )
-            have = {norm_key(key): h for key, h in cur.fetchall()}
-        for key, h in chunk:
-            got = have.get(norm_key(key))
-            if got is None:
-                out["missing"].append(key)
-            elif got != h:
-                out["different"].append(key)
+            cur.execute(sql, keys)
+            have = dict(cur.fetchall())
+        for key, h, cursor in chunk:
+            got = have.get(key)
+            if got == h:
+                continue
+            if got is None and cursor >= recent:
+                out["pending"] += 1  # inside the lookback window: the next sync copies it
+                continue
+            source_hash[key] = h
+            out["missing" if got is None else "different"].append(key)
 
     with src.cursor(pymysql.cursors.SSCursor) as cur:
         cur.execute(
-            f"SELECT {k}, MD5({plan.select_lit}) FROM {qi(spec.source)} "
-            f"WHERE {qi(spec.cursor)} <= %s AND {k} IS NOT NULL AND {k} <> '' ORDER BY {k}",
+            f"SELECT {k}, MD5({plan.select_lit}), {c} FROM {qi(spec.source)} "
+            f"WHERE {c} <= %s AND NOT {bad} ORDER BY {k}",
             (state[0],),
         )
-        chunk: list[tuple[str, str]] = []
-        for key, h in cur:
-            chunk.append((key, h))
+        chunk: list[tuple[str, str, str]] = []
+        for row in cur:
+            chunk.append(row)
             if len(chunk) >= cfg.job.verify_chunk_rows:
                 check_chunk(chunk)
                 chunk = []
         if chunk:
             check_chunk(chunk)
-    # Rows that the sync deliberately did not store are explained, not errors.
+    # A stored reject/conflict explains a difference only if it holds the row as it is now.
     suspects = out["missing"] + out["different"]
-    explained: set[str] = set()
+    stored: set[tuple[str, str]] = set()
     for i in range(0, len(suspects), 1000):
         part = suspects[i : i + 1000]
         marks = ",".join(["%s"] * len(part))
         with tgt.cursor() as cur:
             for table in ("sync_conflicts", "sync_rejects"):
                 cur.execute(
-                    f"SELECT key_value FROM {table} WHERE source_name = %s AND table_name = %s "
-                    f"AND key_value IN ({marks})",
+                    f"SELECT key_value, row_hash FROM {table} WHERE source_name = %s "
+                    f"AND table_name = %s AND key_value IN ({marks})",
                     [source.name, spec.target, *part],
                 )
-                explained.update(norm_key(r[0]) for r in cur.fetchall())
+                stored.update((key, h) for key, h in cur.fetchall())
     tgt.commit()
-    out["explained"] = sum(norm_key(key) in explained for key in suspects)
-    out["missing_explained"] = [key for key in out["missing"] if norm_key(key) in explained]
-    out["different_explained"] = [key for key in out["different"] if norm_key(key) in explained]
-    out["missing"] = [key for key in out["missing"] if norm_key(key) not in explained]
-    out["different"] = [key for key in out["different"] if norm_key(key) not in explained]
+
+    def explained(key: str) -> bool:
+        return (key, source_hash[key]) in stored
+
+    out["explained"] = sum(explained(key) for key in suspects)
+    out["missing_explained"] = [key for key in out["missing"] if explained(key)]
+    out["different_explained"] = [key for key in out["different"] if explained(key)]
+    out["missing"] = [key for key in out["missing"] if not explained(key)]
+    out["different"] = [key for key in out["different"] if not explained(key)]
     return out
 
 
 # ----------------------------------------------------------------------------- per source
+def lock_holder_state(tgt: pymysql.Connection, lock: str) -> tuple[int, str, int] | None:
+    """(connection id, command, seconds in that state) of the session holding `lock`, when
+    the job's user can see it (it can always see its own sessions)."""
+    holder = scalar(tgt, "SELECT IS_USED_LOCK(%s)", (lock,))
+    if holder is None:
+        return None
+    with tgt.cursor() as cur:
+        cur.execute(
+            "SELECT COMMAND, TIME FROM information_schema.PROCESSLIST WHERE ID = %s", (holder,)
+        )
+        row = cur.fetchone()
+    tgt.commit()
+    if row is None:
+        return None
+    return int(holder), row[0], int(row[1])
+
+
 def sync_source(cfg: Config, source: Endpoint, args, log) -> SourceResult:
     result = SourceResult(source.name)
     attempts = 1 + cfg.job.retries
@@ -1050,14 +1448,30 @@ def sync_source(cfg: Config, source: Endpoint, args, log) -> SourceResult:
         result.tables, result.verify = [], []
         src = tgt = None
         try:
-            tgt = connect(cfg.target, autocommit=False)
-            lock = f"{cfg.job.lock_prefix}:{cfg.target.database}:{source.name}"
+            # The target session runs in UTC, so TIMESTAMP values are written as the instants
+            # they are on the line, whatever zone either server is set to.
+            tgt = connect(cfg.target, autocommit=False, time_zone="+00:00",
+                          wait_timeout=cfg.job.target_wait_timeout)  # fmt: skip
+            role = "verify:" if args.verify else ""  # verify never waits for a sync, nor blocks one
+            lock = f"{cfg.job.lock_prefix}:{role}{cfg.target.database}:{source.name}"
             if scalar(tgt, "SELECT GET_LOCK(%s, 0)", (lock,)) != "1":
+                holder = lock_holder_state(tgt, lock)
+                if holder is not None and holder[2] >= cfg.job.lock_stale_seconds:
+                    raise Stuck(
+                        f"lock {lock} is held by cloud connection {holder[0]}, in state "
+                        f"{holder[1]} for {holder[2]} s (a run that died without closing its "
+                        f"session?); the cloud frees it when that session times out, or run "
+                        f"KILL {holder[0]} on the cloud"
+                    )
                 raise LockBusy(lock)
             src = connect(source, autocommit=True)
+            # The run's upper bound on the cursor is the LINE's clock: NOW(6) in the zone the
+            # line application writes DATETIMEs in; after that the session switches to UTC so
+            # TIMESTAMPs travel as instants (DATETIME values do not depend on the zone).
+            upper_local = scalar(src, "SELECT NOW(6)")
             with src.cursor() as cur:
-                # A slow target must not make the source drop the streaming result.
-                cur.execute("SET SESSION net_write_timeout = 3600")
+                cur.execute("SET time_zone = '+00:00'")
+            upper_utc = scalar(src, "SELECT NOW(6)")
             for spec in cfg.tables:
                 # --init-target --dry-run: the tables it would create do not exist yet.
                 preview = args.dry_run and args.init_target
@@ -1066,19 +1480,23 @@ def sync_source(cfg: Config, source: Endpoint, args, log) -> SourceResult:
                 )
                 if args.verify:
                     result.verify.append(verify_table(cfg, source, plan, src, tgt))
-                else:
-                    copier = Copier(cfg, source, plan, src, tgt, dry_run=args.dry_run)
-                    result.tables.append(copier.run())
+                    continue
+                upper = upper_utc if plan.cursor_type == "timestamp" else upper_local
+                copier = Copier(cfg, source, plan, src, tgt, args.dry_run, upper, log)
+                result.tables.append(copier.run())
             result.status, result.error = "ok", None
             return result
         except LockBusy as exc:
             result.status, result.error = "locked", f"another run holds lock {exc}"
             return result
+        except Stuck as exc:
+            result.status, result.error = "stuck", redact(str(exc))
+            return result
         except ConfigError as exc:
-            result.status, result.error = "config_error", str(exc)
+            result.status, result.error = "config_error", redact(str(exc))
             return result
         except Exception as exc:  # noqa: BLE001 - any failure skips this source, not the run
-            result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
+            result.status, result.error = "failed", redact(f"{type(exc).__name__}: {exc}")
             if not is_transient(exc) or attempt == attempts:
                 return result
             delay = cfg.job.retry_backoff_seconds * 2 ** (attempt - 1)
@@ -1134,7 +1552,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--verify cannot be combined with --dry-run or --init-target")
 
     def log(msg: str) -> None:
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {redact(msg)}", file=sys.stderr, flush=True)
 
     try:
         cfg = load_config(args.config)
@@ -1145,7 +1563,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--source: unknown source(s) {sorted(unknown)}")
             sources = [s for s in cfg.sources if s.name in args.source]
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
 
     started = time.time()
@@ -1154,21 +1572,28 @@ def main(argv: list[str] | None = None) -> int:
         try:
             init_statements = init_target(cfg, sources, args.dry_run, log)
         except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {redact(str(exc))}", file=sys.stderr)
             return EXIT_USAGE
         except pymysql.err.MySQLError as exc:
-            print(f"error: --init-target failed on the target: {exc}", file=sys.stderr)
+            print(redact(f"error: --init-target failed on the target: {exc}"), file=sys.stderr)
             return EXIT_SOURCE_FAILED
         if args.dry_run and not args.json:
             for stmt in init_statements:
                 print(stmt + ";")
 
-    results = [sync_source(cfg, s, args, log) for s in sources]
+    # Lines run in parallel, each on its own connections: a frozen or slow line costs its own
+    # timeouts, not the others' time. The pool bounds the cloud connections the job holds.
+    sys.setswitchinterval(0.0005)  # reader threads parse while writers wait on the servers
+    workers = min(len(sources), cfg.job.max_parallel_lines)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="line") as pool:
+        results = list(pool.map(lambda s: sync_source(cfg, s, args, log), sources))
     if any(r.status == "config_error" for r in results):
         code = EXIT_USAGE
-    elif any(r.status == "failed" for r in results):
+    elif any(r.status in ("failed", "stuck") for r in results):
         code = EXIT_SOURCE_FAILED
-    elif args.verify and any(v["missing"] or v["different"] for r in results for v in r.verify):
+    elif args.verify and any(
+        v["missing"] or v["different"] or v.get("problem") for r in results for v in r.verify
+    ):
         code = EXIT_SOURCE_FAILED
     else:
         code = EXIT_OK
@@ -1196,7 +1621,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"verify {v['source']} {v['table']}->{v['target_table']}: "
                     f"checked={v['checked']} chunks={v['chunks']} "
                     f"chunks_differing={v['chunks_differing']} missing={len(v['missing'])} "
-                    f"different={len(v['different'])} explained={v['explained']}"
+                    f"different={len(v['different'])} explained={v['explained']} "
+                    f"pending={v['pending']} not_checked: after_watermark="
+                    f"{v['unchecked_after_watermark']} not_copyable={v['unchecked_not_copyable']}"
                     + (f" ({v['note']})" if v.get("note") else "")
                 )
                 for kind in ("missing", "different"):
