@@ -120,11 +120,11 @@ def run_script(
 ) -> subprocess.CompletedProcess:
     """Run a repo script as a user would (`python script.py ...`), on the CPU, without a TTY
     (so progress comes as plain lines). Fails the test with the script's output on error."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    environ = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / script), *map(str, args)],
         cwd=cwd or REPO_ROOT,
-        env=env,
+        env=environ,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -136,3 +136,7 @@ def run_script(
             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+# The mysql_sync tests share one set of throwaway MariaDB servers for the whole session.
+from mysql_env import env, servers  # noqa: E402, F401
