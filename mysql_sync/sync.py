@@ -69,6 +69,9 @@ import pymysql.converters
 import pymysql.cursors
 
 EXIT_OK, EXIT_SOURCE_FAILED, EXIT_USAGE = 0, 1, 2
+# Keys a dry run remembers to spot repeats within a line (about 100 bytes each): a first-copy
+# dry run stays flat in memory; a repeat further apart than this counts as an insert.
+DRY_RUN_KEYS = 100_000
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 BOOKKEEPING_SQL = SQL_DIR / "003_bookkeeping.sql"
 
@@ -391,9 +394,9 @@ def load_config(path: Path) -> Config:
         raise ConfigError("[job]: batch_rows >= 1, max_statement_bytes >= 16384, chunk >= 1")
     if job.lookback_seconds < 0 or job.retries < 0 or job.max_rows_per_run < 0:
         raise ConfigError("[job]: lookback_seconds, retries, max_rows_per_run must be >= 0")
-    if job.max_parallel_lines < 1 or job.lock_stale_seconds <= 0 or job.target_wait_timeout < 60:
+    if job.max_parallel_lines < 1 or job.lock_stale_seconds <= 0 or job.target_wait_timeout < 5:
         raise ConfigError(
-            "[job]: max_parallel_lines >= 1, lock_stale_seconds > 0, target_wait_timeout >= 60"
+            "[job]: max_parallel_lines >= 1, lock_stale_seconds > 0, target_wait_timeout >= 5"
         )
     if not NAME_RE.fullmatch(job.lock_prefix):
         raise ConfigError("[job]: lock_prefix must be 1-64 of A-Z a-z 0-9 _ . -")
@@ -862,6 +865,8 @@ class SourceResult:
     error: str | None = None
     tables: list[TableResult] = field(default_factory=list)
     verify: list[dict[str, Any]] = field(default_factory=list)
+    started_s: float = 0.0  # seconds after the run started (lines run in parallel)
+    finished_s: float = 0.0
 
 
 def usable_time(value: str | None) -> bool:
@@ -946,7 +951,7 @@ class Copier:
         self.result = TableResult(source.name, plan.spec.source, plan.spec.target, dry_run=dry_run)
         # Dry run: keys it would insert, to count repeats within the line. Bounded (oldest
         # dropped first) so that a first-copy dry run stays flat in memory like a real run.
-        self.dry_run_seen: OrderedDict[str, str] = OrderedDict()
+        self.dry_run_seen: OrderedDict[str, str] = OrderedDict()  # key -> content digest
 
     # -- reading -------------------------------------------------------------------------------
     def page_sql(self) -> str:
@@ -1254,7 +1259,7 @@ class Copier:
                 if have is None and seen is None:
                     res.inserted += 1
                     self.dry_run_seen[key.rstrip(" ").casefold()] = digest
-                    if len(self.dry_run_seen) > 100_000:
+                    if len(self.dry_run_seen) > DRY_RUN_KEYS:
                         self.dry_run_seen.popitem(last=False)
                 elif (have is not None and have[0] == lit) or (have is None and seen == digest):
                     res.present += 1
@@ -1440,8 +1445,15 @@ def lock_holder_state(tgt: pymysql.Connection, lock: str) -> tuple[int, str, int
     return int(holder), row[0], int(row[1])
 
 
-def sync_source(cfg: Config, source: Endpoint, args, log) -> SourceResult:
-    result = SourceResult(source.name)
+def sync_source(cfg: Config, source: Endpoint, args, log, t0: float) -> SourceResult:
+    result = SourceResult(source.name, started_s=round(time.monotonic() - t0, 3))
+    try:
+        return _sync_source(cfg, source, args, log, result)
+    finally:
+        result.finished_s = round(time.monotonic() - t0, 3)
+
+
+def _sync_source(cfg: Config, source: Endpoint, args, log, result: SourceResult) -> SourceResult:
     attempts = 1 + cfg.job.retries
     for attempt in range(1, attempts + 1):
         result.attempts = attempt
@@ -1586,7 +1598,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(0.0005)  # reader threads parse while writers wait on the servers
     workers = min(len(sources), cfg.job.max_parallel_lines)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="line") as pool:
-        results = list(pool.map(lambda s: sync_source(cfg, s, args, log), sources))
+        t0 = time.monotonic()
+        results = list(pool.map(lambda s: sync_source(cfg, s, args, log, t0), sources))
     if any(r.status == "config_error" for r in results):
         code = EXIT_USAGE
     elif any(r.status in ("failed", "stuck") for r in results):
@@ -1607,6 +1620,7 @@ def main(argv: list[str] | None = None) -> int:
             "init_statements": init_statements,
             "sources": [
                 {"source": r.source, "status": r.status, "attempts": r.attempts, "error": r.error,
+                 "started_s": r.started_s, "finished_s": r.finished_s,
                  "tables": [t.as_dict() for t in r.tables], "verify": r.verify}
                 for r in results
             ],
