@@ -10,9 +10,13 @@ Measures, in one run:
   load from other jobs on a shared machine hits both alike;
   3. an incremental run with nothing new against the N-row source: wall seconds of the whole
      process (Python start included) and the job's own seconds;
-  4. `--verify` over the N rows (informational).
-Targets from issue 4: full sync >= 40,000 rows/s and >= 0.8x the dump pipeline; incremental
-no-op < 1 s; memory flat.
+  4. `--verify` over the N rows (informational);
+  5. eight lines (seven databases on one line server, the eighth on a second one) synced in one
+     run, first with every line up, then with the eighth server frozen (SIGSTOP): total wall
+     time of each run and when each line finished. Lines run in parallel, so the frozen line
+     costs its own timeouts and the other seven finish as if it were up.
+Targets: full sync >= 40,000 rows/s and >= 0.8x the dump pipeline; incremental no-op < 1 s;
+memory flat; with a frozen line, the seven others finish no later than without it (+ 20%).
 
 Both copies move the same 9 columns (the benchmark config protects and excludes nothing).
 
@@ -20,7 +24,8 @@ Full (about 1-3 minutes on a 2-core machine, depending on its load):
     python benchmarks/bench_mysql_sync.py
 Quick smoke run (seconds):
     python benchmarks/bench_mysql_sync.py --rows 20000
-Writes outputs/bench_mysql_sync/<run-name>/metrics.json and prints the same JSON.
+Writes outputs/bench_mysql_sync/<run-name>/metrics.json, prints the same JSON, and with
+--results writes results/mysql_sync_benchmark.json (the tables in mysql_sync/README.md).
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import mariadb_harness as mh  # noqa: E402
+from results import RESULTS_DIR, git_commit, machine  # noqa: E402
 
 SYNC = REPO_ROOT / "mysql_sync" / "sync.py"
 PW_ENV = "BENCH_MYSQL_SYNC_PASSWORD"
@@ -57,6 +64,67 @@ SELECT CONCAT('LY', LPAD(seq, 12, '0')),
        '否', CONCAT('经销商', seq MOD 50), CONCAT('仓库', seq MOD 7)
 FROM seq_1_to_{n}
 """
+
+
+def write_lines_config(path: Path, lines: list[tuple[str, int, str]], target) -> Path:
+    """One [[sources]] block per (name, port, database), default timeouts and retries."""
+    blocks = [
+        f'[[sources]]\nname = "{name}"\nhost = "127.0.0.1"\nport = {port}\nuser = "root"\n'
+        f'password_env = "{PW_ENV}"\ndatabase = "{db}"\n'
+        # The defaults (connect 10 s, 3 retries with 2-4-8 s backoff): a frozen line costs
+        # about 4 x 10 + 14 = 54 s.
+        for name, port, db in lines
+    ]
+    path.write_text(
+        f'[target]\nhost = "127.0.0.1"\nport = {target.port}\nuser = "root"\n'
+        f'password_env = "{PW_ENV}"\ndatabase = "cloud"\n\n'
+        + "\n".join(blocks)
+        + '\n[[tables]]\nsource = "Table1"\nprotected = ["chuku", "jxs", "cky"]\nexclude = ["id"]\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def eight_lines(tmp: Path, rows_per_line: int) -> dict:
+    """Part 5: 8 lines, one frozen, against the same 8 lines all up."""
+    servers = mh.start_servers(tmp, ["lines", "line8", "cloud8"])
+    try:
+        lines_srv, line8, cloud = servers["lines"], servers["line8"], servers["cloud8"]
+        lines = []
+        for i in range(1, 9):
+            server = line8 if i == 8 else lines_srv
+            db = f"factory{i}"
+            server.sql(f"CREATE DATABASE {db} CHARACTER SET utf8mb4")
+            server.sql(SOURCE_DDL, database=db)
+            server.sql(FILL_SQL.format(n=rows_per_line).replace("'LY'", f"'L{i}'"), database=db)
+            lines.append((f"line{i}", server.port, db))
+        config = write_lines_config(tmp / "eight.toml", lines, cloud)
+        out = {}
+        for case in ("all_up", "line8_frozen"):
+            cloud.sql("DROP DATABASE IF EXISTS cloud")
+            cloud.sql("CREATE DATABASE cloud CHARACTER SET utf8mb4")
+            if case == "line8_frozen":
+                line8.freeze()
+            try:
+                run = run_sync(config, "--init-target", check=False)
+            finally:
+                if line8.frozen:
+                    line8.thaw()
+            report = run["report"]
+            finished = {s["source"]: s["finished_s"] for s in report["sources"]}
+            out[case] = {
+                "wall_s": round(run["wall_s"], 2),
+                "exit_code": report["exit_code"],
+                "seven_lines_done_s": max(v for k, v in finished.items() if k != "line8"),
+                "line8_status": [s["status"] for s in report["sources"] if s["source"] == "line8"][
+                    0
+                ],
+                "line8_done_s": finished["line8"],
+            }
+        return out
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
 def write_config(path: Path, source, target) -> Path:
@@ -100,7 +168,7 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-def run_sync(config: Path, *flags: str) -> dict:
+def run_sync(config: Path, *flags: str, check: bool = True) -> dict:
     """Run sync.py as its own process; wall time, peak RSS (kernel), RSS samples, JSON report."""
     env = dict(os.environ, **{PW_ENV: ""})
     started = time.monotonic()
@@ -122,7 +190,7 @@ def run_sync(config: Path, *flags: str) -> dict:
     out, err = proc.communicate()
     wall = time.monotonic() - started
     thread.join()
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         raise SystemExit(f"error: sync exited {proc.returncode}\n{out.decode()}\n{err.decode()}")
     return {"wall_s": wall, "report": json.loads(out), "rss_samples_kib": samples}
 
@@ -134,6 +202,9 @@ def main() -> None:
     parser.add_argument("--run-name", default=time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("--repeats", type=int, default=2, help="sync/dump pairs (median)")
     parser.add_argument("--buffer-pool", default="1G", help="innodb_buffer_pool_size per server")
+    parser.add_argument("--rows-per-line", type=int, default=50_000, help="part 5, per line")
+    parser.add_argument("--results", action="store_true",
+                        help="also write results/mysql_sync_benchmark.json")  # fmt: skip
     args = parser.parse_args()
     if args.rows < 1000:
         parser.error("--rows must be >= 1000")
@@ -233,15 +304,54 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
+        metrics["eight_lines"] = eight_lines(Path(tmp) / "eight", args.rows_per_line)
 
+    eight = metrics["eight_lines"]
     metrics["targets"] = {
         "sync_rows_per_s_ge_40000": metrics["sync_full_median"]["rows_per_s"] >= 40_000,
         "sync_ge_0.8x_dump": metrics["sync_vs_dump"] >= 0.8,
         "noop_lt_1s": metrics["sync_noop"]["wall_s"] < 1.0,
+        "frozen_line_does_not_delay_the_others": eight["line8_frozen"]["seven_lines_done_s"]
+        <= 1.2 * eight["all_up"]["seven_lines_done_s"],
     }
+    if args.results:
+        write_results_file(args, metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1))
     print(f"wrote {out_dir / 'metrics.json'}")
+
+
+def write_results_file(args, m: dict) -> None:
+    """The numbers mysql_sync/README.md renders (benchmarks/report.py, `table` blocks)."""
+    eight = m["eight_lines"]
+    rows = [
+        ["full copy, sync.py (median wall s)", m["sync_full_median"]["wall_s"],
+         f"{m['sync_full_median']['rows_per_s']} rows/s"],
+        ["full copy, mariadb-dump | mariadb (median wall s)", m["dump_pipeline_median"]["wall_s"],
+         f"{m['dump_pipeline_median']['rows_per_s']} rows/s"],
+        ["sync / dump speed", m["sync_vs_dump"], "target >= 0.8"],
+        ["no-op run, whole process (s)", m["sync_noop"]["wall_s"], "target < 1"],
+        ["8 lines all up: total wall s", eight["all_up"]["wall_s"],
+         f"seven lines done at {eight['all_up']['seven_lines_done_s']} s"],
+        ["8 lines, line8 frozen: total wall s", eight["line8_frozen"]["wall_s"],
+         f"seven lines done at {eight['line8_frozen']['seven_lines_done_s']} s; line8 "
+         f"{eight['line8_frozen']['line8_status']} at {eight['line8_frozen']['line8_done_s']} s, "
+         f"exit {eight['line8_frozen']['exit_code']}"],
+    ]  # fmt: skip
+    doc = {
+        "name": "mysql_sync_benchmark",
+        "script": "benchmarks/bench_mysql_sync.py",
+        "command": f"python benchmarks/bench_mysql_sync.py --rows {args.rows} "
+        f"--rows-per-line {args.rows_per_line} --results",
+        "table": {"columns": ["measurement", "value", "detail"], "rows": rows},
+        "metrics_full": m,
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "note": "",
+    }
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / "mysql_sync_benchmark.json").write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":

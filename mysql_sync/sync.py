@@ -441,7 +441,10 @@ def connect(
         port=ep.port,
         charset="utf8mb4",
         connect_timeout=ep.connect_timeout,
-        read_timeout=ep.read_timeout,
+        # The server's greeting is read with read_timeout: a hung (not down) server would cost
+        # read_timeout per attempt just to connect. Bound the handshake by connect_timeout;
+        # the configured read_timeout applies once connected (below).
+        read_timeout=min(ep.connect_timeout, ep.read_timeout),
         write_timeout=ep.write_timeout,
         autocommit=autocommit,
         conv=TEXT_ONLY_CONV,
@@ -467,6 +470,7 @@ def connect(
         conn = pymysql.connect(**kwargs)
     except ssl.SSLError as exc:
         raise pymysql.err.OperationalError(2026, f"TLS to {ep.name} failed: {exc}") from None
+    conn._read_timeout = ep.read_timeout  # PyMySQL applies it before each read
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT @@session.sql_mode, (SELECT VARIABLE_VALUE FROM "
