@@ -5,6 +5,7 @@ Markers in a Markdown file (the text between them is replaced on every run):
     <!-- results: NAME -->...<!-- /results -->            summary table: held-out and tuning
                                                            seeds, mean ± sd (min-max) per metric
     <!-- results: NAME seeds -->...<!-- /results -->      one row per seed
+    <!-- results: NAME table -->...<!-- /results -->      a benchmark's own table (doc["table"])
     <!-- headline: NAME METRIC -->...<!-- /headline -->   inline `mean ± sd` over held-out seeds
 
     python benchmarks/report.py            # rewrite the documents in place
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import REPO_ROOT, SPLITS, load_results  # noqa: E402
 
 BLOCK_RE = re.compile(
-    r"(<!-- results: (?P<name>[\w.-]+)(?P<mode> seeds)? -->)(?P<body>.*?)(<!-- /results -->)",
+    r"(<!-- results: (?P<name>[\w.-]+)(?: (?P<mode>seeds|table))? -->)(?P<body>.*?)(<!-- /results -->)",
     re.S,
 )
 INLINE_RE = re.compile(
@@ -87,6 +88,16 @@ def seeds_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def plain_table(doc: dict) -> str:
+    table = doc["table"]
+    lines = ["| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
+    for row in table["rows"]:
+        lines.append(
+            "| " + " | ".join(fmt(v) if isinstance(v, float) else str(v) for v in row) + " |"
+        )
+    return "\n".join(lines)
+
+
 def footnote(doc: dict) -> str:
     text = (f"<sub>`{doc['command']}`; {doc['machine']}; {doc['date']}, commit "
             f"{doc['git_commit']}; source `results/{doc['name']}.json`.")  # fmt: skip
@@ -97,7 +108,8 @@ def footnote(doc: dict) -> str:
 
 def render_block(match: re.Match) -> str:
     doc = load_results(match["name"])
-    table = seeds_table(doc) if match["mode"] else summary_table(doc)
+    render = {"seeds": seeds_table, "table": plain_table, None: summary_table}[match["mode"]]
+    table = render(doc)
     return f"{match[1]}\n{table}\n\n{footnote(doc)}\n{match[5]}"
 
 

@@ -2,14 +2,17 @@
 cloud database keyed on PackCode: never duplicates, never loses a row, never overwrites the
 columns the cloud side edits (chuku, jxs, cky). Meant to run from cron every few minutes.
 
-How it works, per (source, table), each run:
+How it works, per (source, table), each run (sources in parallel, max_parallel_lines at once):
 
 - Keyset copy on (cursor, key): rows with `cursor <= NOW(6)` taken from the SOURCE's clock at the
-  start of the run, read in (cursor, key) order through one streaming (unbuffered) query. The
-  run starts at the stored watermark minus a lookback window (default 10 minutes) so that rows
-  committed late, with a cursor value older than rows already copied, are still picked up.
+  start of the run, read in (cursor, key) order through short keyset-paged queries (each holds
+  the table's metadata lock only for itself). First the lookback pass re-reads the rows from
+  (watermark - lookback, default 10 minutes) up to the watermark, to pick up rows committed
+  late; then the forward pass copies the rows after it (at most max_rows_per_run). Only a usable
+  date becomes the watermark: rows with a zero or zero-in-date cursor are rejects.
 - The source server renders every row as an SQL literal tuple (`QUOTE()`, `HEX()` for binary
-  columns), so values travel as exact text (DATETIME(6), DECIMAL, 4-byte UTF-8) and the job only
+  columns, integers for BIT, exact doubles for FLOAT, WKB for spatial types), so values travel
+  as exact text (DATETIME(6), DECIMAL, 4-byte UTF-8; TIMESTAMPs in UTC) and the job only
   joins them into multi-row `INSERT ... ON DUPLICATE KEY UPDATE key = key` statements: an
   existing row is never changed, protected columns are never named.
 - Each batch and the watermark that covers it are committed in ONE target transaction, so a crash
@@ -18,9 +21,11 @@ How it works, per (source, table), each run:
   within a line) is recorded in `sync_conflicts`; rows that cannot be stored (NULL or empty key,
   NULL cursor, values the target refuses in strict mode) go to `sync_rejects` as JSON with the
   error. The first writer wins; nothing is dropped silently.
-- One run at a time per source: `GET_LOCK` on the target (and `flock -n` in cron). A source that
-  is down or frozen hits connect/read/write timeouts, is retried with backoff on transient
-  errors, then skipped for this run while the other sources still sync.
+- One run at a time per source: `GET_LOCK` on the target (and `flock -n` in cron); the job's
+  cloud sessions carry a short wait_timeout, so a run that dies half-open frees its lock within
+  minutes, and a lock held by a session silent for lock_stale_seconds is reported STUCK. A
+  source that is down or frozen hits connect/read/write timeouts, is retried with backoff on
+  transient errors, then fails for this run while the other sources still sync.
 
 Commands (full guide: mysql_sync/README.md):
 
@@ -30,9 +35,10 @@ Commands (full guide: mysql_sync/README.md):
     python mysql_sync/sync.py --config sync.toml --verify       # compare source and target
     python mysql_sync/sync.py --config sync.toml --source line1 --json
 
-Exit codes: 0 every source synced (or nothing new, or another run holds the lock and this one
-stepped aside; with --verify: no unexplained difference); 1 at least one source failed (with
---verify: rows missing or different); 2 configuration or usage error.
+Exit codes: 0 every source synced (or nothing new, or a live run holds the lock and this one
+stepped aside; with --verify: no unexplained difference); 1 at least one source failed or is
+stuck (with --verify: rows missing or different); 2 configuration or usage error. No message
+ever contains a password.
 
 Writes: rows into the target tables and the bookkeeping tables `sync_state`, `sync_conflicts`,
 `sync_rejects` (DDL in mysql_sync/sql/003_bookkeeping.sql); one summary line per source and
