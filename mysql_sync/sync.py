@@ -606,6 +606,12 @@ def literal_expr(columns: list[Column], alias: str = "") -> str:
         name = f"{alias}.{qi(col.name)}" if alias else qi(col.name)
         if col.data_type in BINARY_TYPES:
             parts.append(f"IF({name} IS NULL, 'NULL', CONCAT('X''', HEX({name}), ''''))")
+        elif col.data_type == "decimal" and col.precision is not None:
+            # Cast to the LINE's precision: a wider cloud column (more decimals) then reads back
+            # as the same text, so a row already copied is `present`, not a conflict.
+            parts.append(
+                f"IFNULL(CAST({name} AS DECIMAL({col.precision},{col.scale or 0})), 'NULL')"
+            )
         elif col.data_type in EXACT_NUMBER_TYPES:
             parts.append(f"IFNULL({name}, 'NULL')")
         elif col.data_type == "bit":
@@ -901,7 +907,7 @@ def read_state(
         )
         row = cur.fetchone()
     tgt.commit()  # end the read snapshot so later reads see fresh data
-    if row is None:
+    if row is None or row[0] is None:
         return None
     return row[0], row[1]
 
@@ -1321,9 +1327,11 @@ class Copier:
                      new_state[1], inserted),
                 )  # fmt: skip
             elif new_state is None and force_state:
+                # Start over from the beginning (the writer has no DELETE right: a NULL cursor
+                # reads as "never synced").
                 cur.execute(
-                    "DELETE FROM sync_state WHERE source_name = %s AND source_table = %s "
-                    "AND target_table = %s",
+                    "UPDATE sync_state SET cursor_value = NULL, key_value = NULL "
+                    "WHERE source_name = %s AND source_table = %s AND target_table = %s",
                     (self.source.name, self.spec.source, self.spec.target),
                 )
         self.tgt.commit()

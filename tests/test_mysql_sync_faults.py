@@ -483,3 +483,14 @@ def test_dry_run_memory_is_bounded(env, monkeypatch):
     env.add("line1", [("A00039", "p", "2024-05-01 08:01:01", "again", "1")])
     code, rep = env.run("--init-target", "--dry-run", "--source", "line1", batch_rows=7)
     assert source(rep, "line1")["tables"][0]["conflicts"] == 1  # a near repeat is still seen
+
+
+def test_a_wider_target_column_reads_back_as_present(env):
+    env.add("line1", rows("A", 3))
+    assert env.run("--init-target", "--source", "line1")[0] == 0
+    cloud(env, "ALTER TABLE Table1 MODIFY weight DECIMAL(14,5)")
+    code, rep = env.run("--source", "line1")
+    r = source(rep, "line1")["tables"][0]
+    assert code == 0 and (r["present"], r["conflicts"]) == (3, 0)
+    code, rep = env.run("--verify", "--source", "line1", lookback_seconds=0)
+    assert code == 0 and source(rep, "line1")["verify"][0]["different"] == []
