@@ -247,8 +247,35 @@ def test_cursor_index_script_is_online_idempotent_and_gives_way(fresh):
     }
 
 
+def readme_setup_blocks() -> list[str]:
+    """The fenced code blocks of README's setup section, in order."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## From an empty cloud database", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```[a-z]*\n(.*?)```", section, re.S)
+
+
+def test_readme_setup_order_and_invocations_are_the_tested_ones():
+    blocks = readme_setup_blocks()
+    scripts = [m for b in blocks for m in re.findall(r"sql/(0\d\d)_\w+\.sql", b)]
+    # route A: 001 003 002 011 010 012, job; route B: 001 003 013 010 012, job, 011
+    assert scripts == ["001", "003", "002", "011", "013", "010", "012", "011"]
+    for block in blocks:
+        for cmd in re.findall(r"^mariadb .*$", block, re.M):
+            # a script on stdin stops at its first error; a session for SOURCE must be told to
+            assert " < mysql_sync/sql/" in cmd or "--abort-source-on-error" in cmd, cmd
+    job_steps = [b.strip() for b in blocks if "sync.py" in b]
+    assert [re.sub(r".*sync\.toml", "", s) for s in job_steps] == [
+        " --init-target --dry-run",
+        " --init-target",
+        " --verify",
+    ]
+    assert all(
+        s.startswith("sudo -u mysql_sync .venv/bin/python mysql_sync/sync.py") for s in job_steps
+    )
+
+
 def run_route(line, cloud, tmp_path: Path, route: str) -> Path:
-    """Setup for route "A" (hand-made table) or "B" (--init-target makes it), 011 last."""
+    """README's steps 2-8 for route "A" (hand-made table) or "B" (--init-target makes it)."""
     ok(feed(cloud, "mysql", "001_target_database.sql"))
     ok(feed(cloud, "cloud", "003_bookkeeping.sql"))
     if route == "A":
