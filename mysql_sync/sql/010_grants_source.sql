@@ -24,6 +24,8 @@
 -- Portable SQL (MariaDB 10.x, MySQL 5.7/8): no loops outside stored programs, so the GRANTs
 -- are built in one query and run by the eight identical lines at the end.
 
+-- The GRANT lists below are built with GROUP_CONCAT, cut at 1024 bytes by MySQL's default.
+SET SESSION group_concat_max_len = 1048576;
 SET @list = REPLACE(COALESCE(@sync_tables, 'Table1'), ' ', '');
 SET @n = LENGTH(@list) - LENGTH(REPLACE(@list, ',', '')) + 1;
 SET @db = CONCAT('`', REPLACE(DATABASE(), '`', '``'), '`');

@@ -34,6 +34,8 @@
 --   ERROR 1305 (42000) ...: FUNCTION cloud.error_set_writer_host_first does not exist
 --   ERROR 1146 (42S02) ...: Table 'cloud.Table1' doesn't exist   (run 002, or 013 + --init-target)
 
+-- The GRANT lists below are built with GROUP_CONCAT, cut at 1024 bytes by MySQL's default.
+SET SESSION group_concat_max_len = 1048576;
 SET @bookkeeping = 'sync_state,sync_conflicts,sync_rejects';
 SET @list = CONCAT(REPLACE(COALESCE(@sync_tables, 'Table1'), ' ', ''), ',', @bookkeeping);
 SET @n = LENGTH(@list) - LENGTH(REPLACE(@list, ',', '')) + 1;

@@ -20,6 +20,8 @@
 -- A table that already exists stops it (FUNCTION cloud.error_table_exists_run_011_instead
 -- does not exist): the hand-made route (002) needs 011 only.
 
+-- The GRANT lists below are built with GROUP_CONCAT, cut at 1024 bytes by MySQL's default.
+SET SESSION group_concat_max_len = 1048576;
 SET @bookkeeping = 'sync_state,sync_conflicts,sync_rejects';
 SET @tables = REPLACE(COALESCE(@sync_tables, 'Table1'), ' ', '');
 SET @list = CONCAT(@tables, ',', @bookkeeping);
