@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import pymysql
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -380,68 +379,6 @@ def test_statements_stay_under_max_allowed_packet(env, servers):
     finally:
         cloud.sql("SET GLOBAL max_allowed_packet = 16777216")
     assert code == 0 and env.table_result(rep, "line1")["inserted"] == 600
-
-
-def test_grant_scripts_and_least_privilege_users(env, servers, monkeypatch):
-    def run_sql_file(server, name, database, prelude=""):
-        text = prelude + (SQL_DIR / name).read_text(encoding="utf-8")
-        proc = subprocess.run(
-            [mh.find_binaries()["mariadb"], "--no-defaults", "-h127.0.0.1",
-             f"-P{server.port}", "-uroot", "--default-character-set=utf8mb4", "--batch",
-             "--skip-column-names", database],
-            input=text, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    env.add("line1", rows("A", 5))
-    env.add("line1", [("DUP", "P9", "2024-05-01 09:00:00", "d1", "1"),
-                      ("DUP", "P9", "2024-05-01 09:00:01", "d2", "1")])  # fmt: skip
-    cloud, line1 = servers["cloud"], servers["line1"]
-    for _ in range(2):  # every script is idempotent: a second run changes nothing and fails nothing
-        run_sql_file(cloud, "001_target_database.sql", "mysql")
-        run_sql_file(cloud, "002_target_tables.sql", "cloud")
-        run_sql_file(cloud, "003_bookkeeping.sql", "cloud")
-        run_sql_file(
-            cloud, "011_grants_target.sql", "cloud", "SET @writer_password = 'w-secret';\n"
-        )
-        run_sql_file(
-            line1, "010_grants_source.sql", "factory", "SET @reader_password = 'r-secret';\n"
-        )
-    monkeypatch.setenv("W_PW", "w-secret")
-    monkeypatch.setenv("R_PW", "r-secret")
-    cfg = env.config().read_text().replace('user = "root"', 'user = "sync_reader"')
-    cfg = cfg.replace(f'password_env = "{PW_ENV}"', 'password_env = "R_PW"')
-    head, rest = cfg.split("[[sources]]", 1)
-    head = head.replace('user = "sync_reader"', 'user = "sync_writer"').replace("R_PW", "W_PW")
-    path = env.tmp / "least.toml"
-    path.write_text(head + "[[sources]]" + rest)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = sync.main(["--config", str(path), "--source", "line1", "--json"])
-    assert code == 0, out.getvalue()
-    assert len(env.target_rows()) == 6  # DUP's second version went to sync_conflicts
-    # the writer cannot touch the cloud-side outbound columns at all
-    writer = pymysql.connect(
-        host="127.0.0.1", port=cloud.port, user="sync_writer", password="w-secret", database="cloud"
-    )
-    with pytest.raises(Exception, match="1143|command denied"), writer.cursor() as cur:
-        cur.execute("UPDATE Table1 SET chuku = 'x'")
-    writer.close()
-    # the operators' everyday queries run as written
-    assert run_sql_file(line1, "021_duplicate_packcodes.sql", "factory").split() == ["DUP", "2"]
-    since = run_sql_file(line1, "020_rows_since.sql", "factory", "SET @since='2024-05-01 09:00';")
-    assert [line.split("\t")[1] for line in since.splitlines()] == ["DUP", "DUP"]
-    cloud.sql("UPDATE cloud.Table1 SET chuku='是', jxs='甲', cky='仓' WHERE parentcode='PA0'")
-    backup = "SET @backup_table = 'Table1_backup_1';\n"
-    for _ in range(2):
-        run_sql_file(cloud, "022_backup_outbound_fields.sql", "cloud", backup)
-    run_sql_file(cloud, "023_undo_outbound_by_parent.sql", "cloud", "SET @parent_code='PA0';")
-    outbound = "SELECT COUNT(*) FROM cloud.Table1 WHERE chuku='是' AND jxs='甲' AND cky='仓'"
-    assert cloud.sql(outbound) == [(0,)]
-    for _ in range(2):
-        run_sql_file(cloud, "024_restore_outbound_from_backup.sql", "cloud", backup)
-    assert cloud.sql(outbound) == [(5,)]
 
 
 def test_config_errors_exit_2(env, tmp_path, monkeypatch):
