@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import mariadb_harness as mh  # noqa: E402
-from mysql_env import PW_ENV, SQL_DIR, SYNC_PATH, load_sync, rows, sync  # noqa: E402
+from mysql_env import PW_ENV, SYNC_PATH, load_sync, rows, sync  # noqa: E402
 
 pytestmark = pytest.mark.mysql
 
