@@ -92,9 +92,8 @@ def plain_table(doc: dict) -> str:
     table = doc["table"]
     lines = ["| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
     for row in table["rows"]:
-        lines.append(
-            "| " + " | ".join(fmt(v) if isinstance(v, float) else str(v) for v in row) + " |"
-        )
+        cells = [fmt(v) if isinstance(v, float) else str(v).replace("|", "\\|") for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
