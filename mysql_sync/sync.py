@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
+import pymysql.constants
 import pymysql.converters
 import pymysql.cursors
 
@@ -425,6 +426,20 @@ def tls_context(ep: Endpoint) -> ssl.SSLContext | None:
     return ctx
 
 
+class _Connection(pymysql.connections.Connection):
+    """Refuses, before any credential is sent, a server that offers no TLS when TLS is
+    required: PyMySQL 1.1.1 would go on in plain text and send the password."""
+
+    tls_required = False
+
+    def _request_authentication(self):
+        if self.tls_required and not self.server_capabilities & pymysql.constants.CLIENT.SSL:
+            raise pymysql.err.OperationalError(
+                2026, "TLS is required (ssl_mode) but the server offers none"
+            )
+        return super()._request_authentication()
+
+
 def connect(
     ep: Endpoint,
     *,
@@ -463,7 +478,10 @@ def connect(
     if ep.user is not None:
         kwargs["user"] = ep.user
     if ep.password_env is not None:
-        kwargs["password"] = os.environ.get(ep.password_env, _ENV_SECRETS.get(ep.password_env))
+        password = os.environ.get(ep.password_env, _ENV_SECRETS.get(ep.password_env))
+        # As UTF-8 bytes: PyMySQL would encode a str as Latin-1 and name a character of it in
+        # the error when that fails.
+        kwargs["password"] = (password or "").encode("utf-8")
     if ep.option_file is not None:
         kwargs["read_default_file"] = ep.option_file
         kwargs["read_default_group"] = ep.option_group
@@ -473,15 +491,19 @@ def connect(
     else:
         kwargs["ssl_disabled"] = True
     try:
-        conn = pymysql.connect(**kwargs)
+        conn = _Connection(defer_connect=True, **kwargs)
+        conn.tls_required = ctx is not None
+        conn.connect()
     except ssl.SSLError as exc:
         raise pymysql.err.OperationalError(2026, f"TLS to {ep.name} failed: {exc}") from None
     conn._read_timeout = ep.read_timeout  # PyMySQL applies it before each read
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT @@session.sql_mode, (SELECT VARIABLE_VALUE FROM "
-                        "information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher')")  # fmt: skip
-            mode, cipher = cur.fetchone()
+            cur.execute("SELECT @@session.sql_mode")
+            (mode,) = cur.fetchone()
+            cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")  # MySQL 8 and MariaDB alike
+            row = cur.fetchone()
+            cipher = row[1] if row else ""
         if "NO_BACKSLASH_ESCAPES" in (mode or "").split(","):
             raise ConfigError(f"{ep.name}: the session runs with NO_BACKSLASH_ESCAPES")
         if ctx is not None and not cipher:
@@ -596,22 +618,27 @@ def narrower(src: Column, tgt: Column) -> str | None:
     return None
 
 
-def literal_expr(columns: list[Column], alias: str = "") -> str:
+def literal_expr(columns: list[Column], alias: str = "", cast: bool = False) -> str:
     """SQL that makes the server render a row as `v1,v2,...` with each value an exact SQL literal:
     QUOTE() escapes text (NULL becomes the word NULL), binary columns travel as X'hex', exact
     numbers as their plain text. Text in another character set (latin1, gbk) is converted to
-    utf8mb4, the connection's, so CONCAT_WS never mixes character sets."""
+    utf8mb4, the connection's, so CONCAT never mixes character sets. CONCAT, not CONCAT_WS: a
+    part that comes out NULL (a value over the server's max_allowed_packet) makes the whole row
+    NULL instead of silently one value short.
+
+    `cast`: render DECIMAL and temporal columns through the LINE's type. Used on the target,
+    where a wider column (more decimals, more fractional digits) must read back as the same
+    text; the values came from the line, so the cast is exact."""
     parts = []
     for col in columns:
         name = f"{alias}.{qi(col.name)}" if alias else qi(col.name)
+        if cast and col.data_type == "decimal" and col.precision is not None:
+            name = f"CAST({name} AS DECIMAL({col.precision},{col.scale or 0}))"
+        elif cast and col.data_type in ("datetime", "timestamp", "time"):
+            kind = "TIME" if col.data_type == "time" else "DATETIME"
+            name = f"CAST({name} AS {kind}({col.fsp or 0}))"
         if col.data_type in BINARY_TYPES:
             parts.append(f"IF({name} IS NULL, 'NULL', CONCAT('X''', HEX({name}), ''''))")
-        elif col.data_type == "decimal" and col.precision is not None:
-            # Cast to the LINE's precision: a wider cloud column (more decimals) then reads back
-            # as the same text, so a row already copied is `present`, not a conflict.
-            parts.append(
-                f"IFNULL(CAST({name} AS DECIMAL({col.precision},{col.scale or 0})), 'NULL')"
-            )
         elif col.data_type in EXACT_NUMBER_TYPES:
             parts.append(f"IFNULL({name}, 'NULL')")
         elif col.data_type == "bit":
@@ -630,7 +657,7 @@ def literal_expr(columns: list[Column], alias: str = "") -> str:
             parts.append(f"QUOTE({name})")
         else:
             parts.append(f"CONVERT(QUOTE({name}) USING utf8mb4)")
-    return "CONCAT_WS(','," + ",".join(parts) + ")"
+    return "CONCAT(" + ", ',', ".join(parts) + ")"
 
 
 @dataclass
@@ -639,7 +666,8 @@ class TablePlan:
     columns: list[Column]  # copied columns, source order
     cursor_type: str
     select_lit: str  # literal expression over the copied columns
-    target_lit: str  # the same over the target table joined as `t`
+    target_lit: str  # the same over the target table joined as `t`, through the line's types
+    target_key: Column | None  # the target's key column: its collation matches keys
     insert_prefix: str  # INSERT INTO t (cols) VALUES
     insert_suffix: str  # ON DUPLICATE KEY UPDATE key = key
 
@@ -659,6 +687,13 @@ def plan_table(
             raise ConfigError(f"source {source.name}: {spec.source} has no {role} column {col}")
         if "generated" in by_name[col].extra:
             raise ConfigError(f"source {source.name}: {role} column {col} is generated")
+    key_len = re.fullmatch(r"(?:var)?char\((\d+)\)", by_name[spec.key].column_type.lower())
+    if key_len is None or int(key_len[1]) > 255:
+        # sync_state, sync_rejects and sync_conflicts keep keys in VARCHAR(255).
+        raise ConfigError(
+            f"source {source.name}: key column {spec.key} is {by_name[spec.key].column_type}; "
+            "the job needs a CHAR/VARCHAR key of at most 255 characters"
+        )
     cursor_type = by_name[spec.cursor].data_type
     if cursor_type not in TEMPORAL_TYPES:
         raise ConfigError(
@@ -696,13 +731,15 @@ def plan_table(
                     f"target table {spec.target} lacks column(s) {missing}: add them to the "
                     "target or list source-only columns in the table's `exclude`"
                 )
+    tgt_key = tgt_by_name.get(spec.key) if tgt is not None else None
     names = [c.name for c in copied] + ([spec.source_column] if spec.source_column else [])
     return TablePlan(
         spec=spec,
         columns=copied,
         cursor_type=cursor_type,
         select_lit=literal_expr(copied),
-        target_lit=literal_expr(copied, alias="t"),
+        target_lit=literal_expr(copied, alias="t", cast=True),
+        target_key=tgt_key,
         insert_prefix=f"INSERT INTO {qi(spec.target)} ({', '.join(qi(n) for n in names)}) VALUES ",
         # A no-op update: existing rows stay exactly as they are; affected-rows is 0 for them.
         insert_suffix=f" ON DUPLICATE KEY UPDATE {qi(spec.key)} = {qi(spec.key)}",
@@ -829,7 +866,11 @@ def parse_literal_row(text: str) -> list[str | None]:
     return values
 
 
-def row_json(plan: TablePlan, literal: str) -> str:
+def row_json(plan: TablePlan, literal: str, limit: int = 1 << 20) -> str:
+    """The row as JSON for sync_rejects/sync_conflicts; a row too large to store again (it may be
+    the reason for the reject) keeps only its size."""
+    if len(literal) > limit:
+        return json.dumps({"_truncated": True, "_bytes": len(literal)})
     try:
         values = parse_literal_row(literal)
         obj: Any = dict(zip([c.name for c in plan.columns], values, strict=True))
@@ -914,7 +955,9 @@ def read_state(
 
 def shift_time(value: str, seconds: float) -> str:
     """`value` (DATE/DATETIME text) minus `seconds`, as DATETIME(6) text."""
-    moment = datetime.fromisoformat(value) - timedelta(seconds=seconds)
+    base, offset = datetime.fromisoformat(value), timedelta(seconds=seconds)
+    # Clamp at year 1: a line may use 0001-01-01 (.NET's DateTime.MinValue) as a cursor.
+    moment = base - offset if base - datetime.min > offset else datetime.min
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
@@ -960,7 +1003,8 @@ class Copier:
         )
         names = [c.name for c in plan.columns]
         self.key_index = names.index(plan.spec.key)
-        self.key_column = plan.columns[self.key_index]
+        # Keys are matched under the TARGET key column's collation (the line's may differ).
+        self.key_column = plan.target_key or plan.columns[self.key_index]
         max_packet = int(scalar(tgt, "SELECT @@max_allowed_packet"))
         # Leave room for the statement text around the rows and the protocol header.
         self.statement_limit = min(cfg.job.max_statement_bytes, max_packet - 4096)
@@ -970,16 +1014,23 @@ class Copier:
         self.dry_run_seen: OrderedDict[str, str] = OrderedDict()  # key -> content digest
 
     # -- reading -------------------------------------------------------------------------------
-    def page_sql(self) -> str:
+    def page_sql(self) -> tuple[str, str]:
+        """The page query around its WHERE condition: (head, tail)."""
         c, k = qi(self.spec.cursor), qi(self.spec.key)
         bad = f"YEAR({c}) = 0 OR MONTH({c}) = 0 OR DAYOFMONTH({c}) = 0"
         suffix_sql = pymysql.converters.escape_string(self.row_suffix).join("''")
-        return (
+        head = (
             f"SELECT CONCAT(IF({k} IS NULL OR TRIM({k}) = '' OR {bad}, 'R(', '('), "
             f"{self.plan.select_lit}, {suffix_sql}), {c}, {k}, "
             f"IF({k} IS NULL OR TRIM({k}) = '', 1, IF({bad}, 2, 0)) "
-            f"FROM {qi(self.spec.source)} WHERE {{where}} ORDER BY {c}, {k} LIMIT %s"
+            f"FROM {qi(self.spec.source)} WHERE "
         )
+        return head, f" ORDER BY {c}, {k} LIMIT %s"
+
+    def query(self, sql: str, args: list) -> list:
+        with self.src.cursor() as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
 
     @staticmethod
     def after(c: str, k: str, position: tuple[str, str | None]) -> tuple[str, list]:
@@ -991,43 +1042,39 @@ class Copier:
 
     def pages(self, lower: tuple[str, list], bound: tuple[str, list], limit: int, stop):
         """Yield (row, cursor, key, flag) in (cursor, key) order from `lower` within `bound`,
-        one short query per page, at most `limit` rows (0: no limit)."""
+        one short query per page, at most `limit` rows with a usable cursor (0: no limit)."""
         c, k = qi(self.spec.cursor), qi(self.spec.key)
-        sql = self.page_sql()
+        head, tail = self.page_sql()
         where, args = lower
-        n_good = 0  # rows with a usable cursor: only they count towards `limit`, so a limit
-        # always ends on a row the watermark can take
+        n_good = 0  # only rows with a usable cursor count: a limit ends on a watermark
         page = self.cfg.job.batch_rows
         while not stop.is_set():
-            with self.src.cursor() as cur:
-                cur.execute(
-                    sql.format(where=f"({where}) AND ({bound[0]})"), [*args, *bound[1], page]
-                )
-                rows = cur.fetchall()
-            if not rows:
-                return
-            for row in rows:
+            rows = self.query(f"{head}({where}) AND ({bound[0]}){tail}", [*args, *bound[1], page])
+            for i, row in enumerate(rows):
                 yield row
                 n_good += int(row[3]) != 2
-                # Never stop on a NULL key: the next keyset could not tell its twins apart.
-                if limit and n_good >= limit and row[2] is not None:
+                if limit and n_good >= limit:
                     self.result.more_pending = True
+                    yield from self.twins(rows[: i + 1], head, tail)
                     return
-            last_c, last_k = rows[-1][1], rows[-1][2]
-            if last_k is None and len(rows) == page:
-                # The page may end inside a run of rows sharing this cursor and a NULL key,
-                # which no keyset can resume: take the rest of them now (they are rejects).
-                seen = [r[0] for r in rows if r[1] == last_c and r[2] is None]
-                with self.src.cursor() as cur:
-                    cur.execute(sql.format(where=f"{c} = %s AND {k} IS NULL"), [last_c, 10**9])
-                    for row in cur.fetchall():
-                        if row[0] in seen:
-                            seen.remove(row[0])
-                        else:
-                            yield row
             if len(rows) < page:
                 return
-            where, args = self.after(c, k, (last_c, last_k))
+            yield from self.twins(rows, head, tail)
+            where, args = self.after(c, k, (rows[-1][1], rows[-1][2]))
+
+    def twins(self, rows: list, head: str, tail: str):
+        """Rows sharing the last row's cursor and key (equal under the line's collation, or both
+        NULL) that were not in `rows`: a keyset continuation after that position would skip
+        them, so they are read now. Usually none."""
+        c, k = qi(self.spec.cursor), qi(self.spec.key)
+        last_c, last_k = rows[-1][1], rows[-1][2]
+        same, args = (f"{k} IS NULL", []) if last_k is None else (f"{k} = %s", [last_k])
+        seen = [r[0] for r in rows if r[1] == last_c]
+        for row in self.query(f"{head}{c} = %s AND {same}{tail}", [last_c, *args, 10**9]):
+            if row[0] in seen:
+                seen.remove(row[0])
+            else:
+                yield row
 
     def read_pass(self, lower, bound, limit: int, out: queue.Queue, stop) -> None:
         """Reader thread: turn source rows into INSERT tuples, batch them, hand them over."""
@@ -1045,7 +1092,7 @@ class Copier:
             reasons = {1: f"NULL or empty key column {self.spec.key}",
                        2: f"zero or zero-in-date cursor column {self.spec.cursor}"}  # fmt: skip
             batch: list[bytes] = []
-            rejects: list[tuple[str, str]] = []
+            rejects: list[tuple[str | None, str, int | None, str]] = []
             batch_bytes = n_read = 0
             last_good: tuple[str, str | None] | None = None
             for row, cursor, key, flag in self.pages(lower, bound, limit, stop):
@@ -1053,16 +1100,21 @@ class Copier:
                     return
                 n_read += 1
                 flag = int(flag)
-                if flag:
-                    rejects.append((row[1:], reasons[flag]))
+                if row is None:
+                    # A value over the LINE's max_allowed_packet made the literal NULL.
+                    what = f"key {key!r}, {self.spec.cursor} {cursor}"
+                    rejects.append(
+                        (key, what, None, "row larger than the line's max_allowed_packet")
+                    )
+                elif flag:
+                    rejects.append(self.reject(row[1:], reasons[flag]))
                 else:
                     data = row.encode()
                     if len(data) > limit_bytes:
-                        rejects.append((row, "row larger than max_allowed_packet"))
+                        rejects.append(self.reject(row, "row larger than max_allowed_packet"))
                     else:
                         if batch_bytes + len(data) + 1 > limit_bytes:
-                            put(("batch", (batch, [self.reject(*r) for r in rejects], last_good,
-                                           n_read - 1)))  # fmt: skip
+                            put(("batch", (batch, rejects, last_good, n_read - 1)))
                             batch, rejects, batch_bytes, n_read = [], [], 0, 1
                         batch.append(data)
                         batch_bytes += len(data) + 1
@@ -1071,10 +1123,10 @@ class Copier:
                     # (watermark - lookback) from it.
                     last_good = (cursor, key)
                 if len(batch) >= self.cfg.job.batch_rows or len(rejects) >= 1000:
-                    put(("batch", (batch, [self.reject(*r) for r in rejects], last_good, n_read)))
+                    put(("batch", (batch, rejects, last_good, n_read)))
                     batch, rejects, batch_bytes, n_read = [], [], 0, 0
             if n_read:
-                put(("batch", (batch, [self.reject(*r) for r in rejects], last_good, n_read)))
+                put(("batch", (batch, rejects, last_good, n_read)))
             put(("end", None))
         except BaseException as exc:  # noqa: BLE001 - handed to the writer thread to raise
             put(("error", exc))
@@ -1093,7 +1145,14 @@ class Copier:
         try:
             while True:
                 waited = time.monotonic()
-                kind, payload = batches.get()
+                while True:
+                    try:
+                        kind, payload = batches.get(timeout=30)
+                        break
+                    except queue.Empty:
+                        # A slow line must not leave the cloud session idle up to its short
+                        # wait_timeout (which would drop it and release the lock mid-run).
+                        self.tgt.ping(reconnect=False)
                 res.source_wait_s += time.monotonic() - waited
                 if kind == "error":
                     raise payload
@@ -1114,6 +1173,8 @@ class Copier:
                     time.sleep(self.cfg.job.throttle_seconds)
         except BaseException:
             stop.set()
+            # Unblock a reader stuck in a source read; the connection is not reused.
+            self.src._force_close()
             reader.join(30)
             raise
         reader.join()
@@ -1166,17 +1227,20 @@ class Copier:
         self.pending_rejects: list[tuple[str | None, str, int | None, str]] = []
         with self.src.cursor() as cur:
             cur.execute(
-                f"SELECT {self.plan.select_lit} FROM {qi(self.spec.source)} WHERE {c} IS NULL"
+                f"SELECT {self.plan.select_lit}, {k} FROM {qi(self.spec.source)} WHERE {c} IS NULL"
             )
-            for (lit,) in cur.fetchall():
+            for lit, key in cur.fetchall():
                 res.read += 1
-                self.pending_rejects.append(
-                    (self.key_of(lit), lit, None, f"NULL cursor column {self.spec.cursor}")
-                )
+                lit = lit if lit is not None else f"key {key!r} (row over max_allowed_packet)"
+                reason = f"NULL cursor column {self.spec.cursor}"
+                self.pending_rejects.append((key, lit, None, reason))
 
         if state is not None and lookback > 0:
-            after = self.after(c, k, state)
-            bound = (f"{c} <= %s AND NOT ({after[0]})", [state[0], *after[1]])
+            if state[1] is None:
+                bound = (f"({c} < %s OR ({c} = %s AND {k} IS NULL))", [state[0], state[0]])
+            else:
+                bound = (f"({c} < %s OR ({c} = %s AND ({k} IS NULL OR {k} <= %s)))",
+                         [state[0], state[0], state[1]])  # fmt: skip
             lower = (f"{c} >= %s", [shift_time(state[0], lookback)])
             self.copy_pass(lower, bound, 0, moves_watermark=False)
         lower = self.after(c, k, state) if state is not None else ("1 = 1", [])
@@ -1228,7 +1292,8 @@ class Copier:
             code = errno_of(exc)
             if code == 1143:
                 raise ConfigError(
-                    f"the target user lacks a column privilege on {self.spec.target} ({exc.args[1]}): "
+                    f"the target user lacks a column privilege on {self.spec.target} (error 1143: "
+                    f"{exc.args[1]}): "
                     "a column was added; re-run mysql_sync/sql/011_grants_target.sql"
                 ) from None
             if code not in ROW_DATA_ERRNOS:
@@ -1284,6 +1349,7 @@ class Copier:
             res.rejected += len(rejects)
             return
         conflicts = []
+        n_rejects = len(rejects)
         inserted, kept = self.insert(batch, rejects)
         if inserted < len(kept):
             # Some keys already existed (or repeated within the batch): compare contents.
@@ -1291,11 +1357,17 @@ class Copier:
             existing = self.fetch_target_literals([k for k, _ in pairs])
             for key, lit in pairs:
                 have = existing.get(key)
-                if have is not None and have[0] != lit:
+                if have is None:
+                    # Not inserted, yet no row with its key: it collided with another UNIQUE
+                    # key of the target, and ON DUPLICATE KEY made that a silent no-op.
+                    rejects.append((key, lit, 1062, "not stored: duplicates another unique key "
+                                    "of the target table"))  # fmt: skip
+                elif have[0] != lit:
                     conflicts.append((key, lit, have[1]))
+        collided = len(rejects) - n_rejects - (len(batch) - len(kept))
         res.inserted += inserted
         res.conflicts += len(conflicts)
-        res.present += len(kept) - inserted - len(conflicts)
+        res.present += len(kept) - inserted - len(conflicts) - collided
         res.rejected += len(rejects)
         with self.tgt.cursor() as cur:
             for key, lit, owner in conflicts:
@@ -1304,7 +1376,7 @@ class Copier:
                     "row_json, winner_source) VALUES (%s, %s, %s, %s, %s, %s) "
                     "ON DUPLICATE KEY UPDATE last_seen = NOW(6), seen_count = seen_count + 1",
                     (self.source.name, self.spec.target, key, row_hash(lit),
-                     row_json(self.plan, lit), owner),
+                     row_json(self.plan, lit, self.statement_limit // 2), owner),
                 )  # fmt: skip
             for key, lit, code, reason in rejects:
                 cur.execute(
@@ -1313,7 +1385,7 @@ class Copier:
                     "ON DUPLICATE KEY UPDATE last_seen = NOW(6), seen_count = seen_count + 1, "
                     "error_code = VALUES(error_code), error = VALUES(error)",
                     (self.source.name, self.spec.target, key, row_hash(lit),
-                     row_json(self.plan, lit), code, reason[:1000]),
+                     row_json(self.plan, lit, self.statement_limit // 2), code, reason[:1000]),
                 )  # fmt: skip
             if new_state is not None and (new_state != self.watermark or inserted or force_state):
                 # Same transaction as the rows: both land or neither does.
@@ -1371,7 +1443,7 @@ def verify_table(cfg: Config, source: Endpoint, plan: TablePlan, src, tgt) -> di
         )
         out["unchecked_not_copyable"] = int(cur.fetchone()[0])
     recent = shift_time(state[0], cfg.job.lookback_seconds)
-    key_col = plan.columns[[col.name for col in plan.columns].index(spec.key)]
+    key_col = plan.target_key or plan.columns[[col.name for col in plan.columns].index(spec.key)]
     source_hash: dict[str, str] = {}
 
     def check_chunk(chunk: list[tuple[str, str, str]]) -> None:
@@ -1382,8 +1454,8 @@ def verify_table(cfg: Config, source: Endpoint, plan: TablePlan, src, tgt) -> di
         marks = ",".join(["%s"] * len(keys))
         with tgt.cursor() as cur:
             cur.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT({k}, '|', MD5({plan.select_lit})))), 0) "
-                f"FROM {qi(spec.target)} WHERE {k} IN ({marks})",
+                f"SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT(t.{k}, '|', MD5({plan.target_lit})))), "
+                f"0) FROM {qi(spec.target)} AS t WHERE t.{k} IN ({marks})",
                 keys,
             )
             count, total = cur.fetchone()
@@ -1412,6 +1484,9 @@ def verify_table(cfg: Config, source: Endpoint, plan: TablePlan, src, tgt) -> di
         )
         chunk: list[tuple[str, str, str]] = []
         for row in cur:
+            if row[1] is None:  # over the line's max_allowed_packet: a reject by design
+                out["unchecked_not_copyable"] += 1
+                continue
             chunk.append(row)
             if len(chunk) >= cfg.job.verify_chunk_rows:
                 check_chunk(chunk)
@@ -1480,10 +1555,13 @@ def _sync_source(cfg: Config, source: Endpoint, args, log, result: SourceResult)
         try:
             # The target session runs in UTC, so TIMESTAMP values are written as the instants
             # they are on the line, whatever zone either server is set to.
-            tgt = connect(cfg.target, autocommit=False, time_zone="+00:00",
-                          wait_timeout=cfg.job.target_wait_timeout)  # fmt: skip
+            # --verify may wait long on a source sort with the target idle: server default.
+            wait = None if args.verify else cfg.job.target_wait_timeout
+            tgt = connect(cfg.target, autocommit=False, time_zone="+00:00", wait_timeout=wait)
             role = "verify:" if args.verify else ""  # verify never waits for a sync, nor blocks one
             lock = f"{cfg.job.lock_prefix}:{role}{cfg.target.database}:{source.name}"
+            if len(lock) > 64:  # MySQL refuses longer lock names
+                lock = f"{cfg.job.lock_prefix[:20]}:{hashlib.md5(lock.encode()).hexdigest()}"
             if scalar(tgt, "SELECT GET_LOCK(%s, 0)", (lock,)) != "1":
                 holder = lock_holder_state(tgt, lock)
                 if holder is not None and holder[2] >= cfg.job.lock_stale_seconds:

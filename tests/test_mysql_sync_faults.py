@@ -486,9 +486,11 @@ def test_dry_run_memory_is_bounded(env, monkeypatch):
 
 
 def test_a_wider_target_column_reads_back_as_present(env):
+    line_sql(env, "line1", "ALTER TABLE Table1 ADD shipped DATETIME(3) NULL")
     env.add("line1", rows("A", 3))
+    line_sql(env, "line1", "UPDATE Table1 SET shipped = '2024-05-01 08:00:00.125'")
     assert env.run("--init-target", "--source", "line1")[0] == 0
-    cloud(env, "ALTER TABLE Table1 MODIFY weight DECIMAL(14,5)")
+    cloud(env, "ALTER TABLE Table1 MODIFY weight DECIMAL(14,5), MODIFY shipped DATETIME(6)")
     code, rep = env.run("--source", "line1")
     r = source(rep, "line1")["tables"][0]
     assert code == 0 and (r["present"], r["conflicts"]) == (3, 0)
