@@ -45,6 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import mariadb_harness as mh  # noqa: E402
+
 from results import RESULTS_DIR, git_commit, machine  # noqa: E402
 
 SYNC = REPO_ROOT / "mysql_sync" / "sync.py"

@@ -114,8 +114,10 @@ def render_block(match: re.Match) -> str:
 
 def render_inline(match: re.Match) -> str:
     doc = load_results(match["name"])
-    s = doc["summary"]["held_out"][match["metric"]]
-    text = f"{fmt(s['mean'])} ± {fmt(s['sd'])} ({s['n']} held-out seeds)"
+    split = "held_out" if match["metric"] in doc["summary"].get("held_out", {}) else "tuning"
+    s = doc["summary"][split][match["metric"]]
+    spread = f" ± {fmt(s['sd'])}" if s["n"] > 1 else ""
+    text = f"{fmt(s['mean'])}{spread} ({s['n']} {SPLIT_LABEL[split]} seed{'s' * (s['n'] > 1)})"
     return f"{match[1]}{text}{match[5]}"
 
 
