@@ -175,7 +175,19 @@ def start_servers(
         for server in servers.values():
             server.start()
         for server in servers.values():
-            server.wait_ready()
+            for attempt in range(5):
+                try:
+                    server.wait_ready()
+                    break
+                except RuntimeError:
+                    # Another process (a parallel test worker) took the free port between our
+                    # check and the server's bind: take another port and start again.
+                    if attempt == 4 or "already in use" not in server.error_log():
+                        raise
+                    server.stop()
+                    (server.dir / "error.log").unlink(missing_ok=True)
+                    server.port = free_port()
+                    server.start()
     except BaseException:
         for server in servers.values():
             server.stop()

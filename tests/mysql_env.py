@@ -9,6 +9,7 @@ import importlib.util
 import io
 import json
 import sys
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -130,6 +131,40 @@ class Env:
         return src["tables"][0]
 
 
+def drop_other_sessions(server, timeout: float = 10.0) -> None:
+    """Each test starts with no client session left on the server: a session (and any
+    GET_LOCK it holds) outlives its client's close() by a moment, and a killed job's session by
+    its wait_timeout."""
+    conn = server.connect()
+    try:
+        with conn.cursor() as cur:
+            deadline = time.monotonic() + timeout
+            while True:
+                cur.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+                    "AND USER NOT IN ('system user', 'event_scheduler') AND COMMAND <> 'Daemon'"
+                )
+                ids = [r[0] for r in cur.fetchall()]
+                if not ids or time.monotonic() > deadline:
+                    return
+                for i in ids:
+                    try:
+                        cur.execute(f"KILL {int(i)}")
+                    except Exception:  # noqa: BLE001 - gone meanwhile
+                        pass
+                time.sleep(0.05)
+    finally:
+        conn.close()
+
+
+def wait_lock_free(server, name: str, timeout: float = 10.0) -> None:
+    """After a holder's close(): the server frees its locks a moment later."""
+    deadline = time.monotonic() + timeout
+    while server.sql("SELECT IS_FREE_LOCK(%s)", (name,))[0][0] != 1:
+        assert time.monotonic() < deadline, f"lock {name} still held"
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def env(servers, tmp_path, monkeypatch):
     monkeypatch.setenv(PW_ENV, "")
@@ -139,6 +174,7 @@ def env(servers, tmp_path, monkeypatch):
             server.wait_ready()
         if server.frozen:
             server.thaw()
+        drop_other_sessions(server)
         db = "cloud" if name == "cloud" else "factory"
         server.sql(f"DROP DATABASE IF EXISTS {db}")
         server.sql(f"CREATE DATABASE {db} CHARACTER SET utf8mb4")

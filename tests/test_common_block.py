@@ -48,6 +48,7 @@ def test_parser_errors_are_usage_errors():
     with pytest.raises(cb.UsageError, match="--threads"):
         p.parse_args(["--threads", "two"])
     assert "(default: 1)" in p.format_help() and "(default: None)" not in p.format_help()
+    assert "(default: 0)" in p.format_help()  # --seed: a default of 0 is shown, False is not
 
 
 def test_run_dir_refuses_a_used_name_and_resume_uses_the_checkpoint_folder(tmp_path):

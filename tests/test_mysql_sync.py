@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mysql_env import PW_ENV, SYNC_PATH, load_sync, rows, sync  # noqa: E402
+from mysql_env import PW_ENV, SYNC_PATH, load_sync, rows, sync, wait_lock_free  # noqa: E402
 
 pytestmark = pytest.mark.mysql
 
@@ -315,6 +315,7 @@ def test_overlapping_run_steps_aside(env):
     assert status == {"line1": "locked", "line2": "ok"}
     assert not any(k.startswith("A") for k in env.target_rows())
     holder.close()  # releases the lock
+    wait_lock_free(env.s["cloud"], "mysql_sync:cloud:line1")
     code, rep = env.run()
     assert code == 0 and env.table_result(rep, "line1")["inserted"] == 5
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mysql_env import SYNC_PATH, rows, sync
+from mysql_env import SYNC_PATH, rows, sync, wait_lock_free
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mariadb_harness as mh  # noqa: E402
@@ -183,7 +183,9 @@ def test_a_stale_lock_is_reported_stuck_not_skipped(env):
         assert source(rep, "line2")["status"] == "ok"
     finally:
         holder.close()
-    assert env.run()[0] == 0
+    wait_lock_free(env.s["cloud"], "mysql_sync:cloud:line1")
+    code, rep = env.run()
+    assert code == 0 and source(rep, "line1")["status"] == "ok"
 
 
 def test_a_run_that_dies_half_open_releases_its_lock_within_wait_timeout(env, tmp_path):
