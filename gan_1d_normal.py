@@ -21,7 +21,7 @@ non-saturating G loss of Sec. 3, Algorithm 1); Mescheder, Geiger and Nowozin, "W
 Methods for GANs do actually Converge?", ICML 2018 (R1, Eq. 9); Yazici et al., "The Unusual
 Effectiveness of Averaging in GAN Training", ICLR 2019 (the moving average of G).
 
-Full run (5000 epochs, about two minutes on one idle CPU core):
+Full run (5000 epochs; 7-13 minutes with one thread on a busy shared 2-core machine):
     python gan_1d_normal.py                        # moments mode
     python gan_1d_normal.py --mode quantiles       # the shape right too
     python gan_1d_normal.py --preset notes         # the notes' recipe
