@@ -1,18 +1,18 @@
-"""Benchmark of the two small GANs: gan_1d_normal.py in all five discriminator-input modes and
-gan_curve_painter.py, each over 3 seeds at their default sizes, against the targets of issue 6.
+"""Benchmark of the two small GANs over seeds: each run is the real script as a user runs it (a
+subprocess with default flags plus --seed, one torch thread), one run at a time; after every run
+the results file of its experiment is rewritten (benchmarks/results.py), so an interrupted
+benchmark keeps what it measured and a rerun skips the runs already finished.
 
-    python benchmarks/bench_small_gans.py                                 # full: 18 runs
-    python benchmarks/bench_small_gans.py --summarize-only --run-name NAME   # tables from finished runs
-    python benchmarks/bench_small_gans.py --epochs 20 --steps 200 --run-name quick   # plumbing check
+    python benchmarks/bench_small_gans.py                          # every experiment, all seeds
+    python benchmarks/bench_small_gans.py --only quantiles --seeds 100 101
+    python benchmarks/bench_small_gans.py --quick                  # plumbing check, no results
 
-Wall time: with two runs side by side on a 2-core Intel Xeon (2026-12-02) each default 1-D
-run takes about 40-55 s of training in the notes' modes and 140 s in quantiles mode (R1 runs
-through autograd), each painter run about 25 s; the full benchmark took 10 minutes. Split it
-with --modes / --no-painter / --no-1d. Each run is the real script as a user runs it (a
-subprocess, default flags plus --seed), so the seconds column is the script's own training time
-(metrics.json `train_seconds`, training loop only, no start-up or plotting). With --jobs 2 two
-runs share the machine's 2 cores (one torch thread each). Writes outputs/bench_small_gans/<run-name>/summary.md (the README tables) and
-summary.json, and prints the summary.
+Experiments (results/<name>.json):
+    gan_1d_normal_quantiles   python gan_1d_normal.py --mode quantiles   KS <= 0.03
+    gan_1d_normal_moments     python gan_1d_normal.py                    moments within tolerance
+    gan_curve_painter         python gan_curve_painter.py                >= 95% curves in bounds
+Seeds: tuning 0-4 (every choice of recipe was made on them), held out 100-119 (never tuned on).
+Runs land in outputs/bench_small_gans/<experiment>/<script>/s<seed>/.
 """
 
 from __future__ import annotations
@@ -23,223 +23,91 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import HELD_OUT_SEEDS, REPO_ROOT, TUNING_SEEDS, write_results  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-MODES = ("raw", "diffs", "variances", "moments", "quantiles")
+EXPERIMENTS = {
+    "gan_1d_normal_quantiles": {
+        "script": "gan_1d_normal.py",
+        "flags": ["--mode", "quantiles"],
+        "quick": ["--epochs", "20"],
+        "metrics": {"ks": "KS vs N(4, 1.25)", "w1": "W1", "mean": "mean", "std": "std",
+                    "d_first_layer_slope": "D slope at the end", "train_seconds": "train s"},
+        "targets": {"ks": ["<=", 0.03]},
+    },
+    "gan_1d_normal_moments": {
+        "script": "gan_1d_normal.py",
+        "flags": [],
+        "quick": ["--epochs", "20"],
+        "metrics": {"moments_ok": "moments within tolerance (1 = yes)", "mean": "mean",
+                    "std": "std", "skewness": "skewness", "excess_kurtosis": "ex. kurtosis",
+                    "ks": "KS", "train_seconds": "train s"},
+        "targets": {"moments_ok": [">=", 1]},
+    },
+    "gan_curve_painter": {
+        "script": "gan_curve_painter.py",
+        "flags": [],
+        "quick": ["--steps", "200"],
+        "metrics": {"curves_within_bounds": "curves within bounds", "a_mean": "a mean",
+                    "a_std": "a std", "a_ks_vs_uniform": "a KS vs U(1, 2)",
+                    "d_real": "D(real)", "train_seconds": "train s"},
+        "targets": {"curves_within_bounds": [">=", 0.95], "a_ks_vs_uniform": ["<=", 0.1]},
+    },
+}  # fmt: skip
+NOTE = ("One run at a time, one torch thread, on a 2-core machine shared with other jobs "
+        "(train s: the training loop's wall time, not a speed measurement).")  # fmt: skip
 
 
-def run(cmd: list[str], log: Path) -> float:
-    t0 = time.perf_counter()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: {' '.join(cmd)} exited {proc.returncode}; see {log}")
-    return time.perf_counter() - t0
+def run_one(exp: dict, seed: int, out: Path, extra: list[str]) -> dict | None:
+    run_dir = out / Path(exp["script"]).stem / f"s{seed}"
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        cmd = [sys.executable, exp["script"], *exp["flags"], *extra, "--seed", str(seed),
+               "--threads", "1", "--out", str(out), "--run-name", f"s{seed}", "--overwrite"]  # fmt: skip
+        env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+        log = out / f"s{seed}.log"
+        with open(log, "w") as f:
+            proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+        if proc.returncode != 0:
+            print(f"seed {seed}: exit {proc.returncode}, see {log}", file=sys.stderr)
+            return None
+    m = json.loads(metrics_path.read_text())
+    return {"seed": seed, **{k: float(m[k]) for k in exp["metrics"]}}
 
 
-def fmt(v: float, digits: int = 3) -> str:
-    return f"{v:.{digits}f}"
-
-
-def mean_sd(values: list[float], digits: int = 3) -> str:
-    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    ap.add_argument("--epochs", type=int, default=None, help="override gan_1d_normal's --epochs")
-    ap.add_argument("--steps", type=int, default=None, help="override gan_curve_painter's --steps")
-    ap.add_argument("--one-d-args", default="", help="extra flags for gan_1d_normal, one string")
-    ap.add_argument("--painter-args", default="", help="extra flags for the painter, one string")
-    ap.add_argument("--no-painter", action="store_true")
-    ap.add_argument("--no-1d", action="store_true")
-    ap.add_argument(
-        "--summarize-only",
-        action="store_true",
-        help="run nothing: rebuild the summary from the runs already in --run-name "
-        "(e.g. after a timeout); unfinished runs are listed as missing",
-    )
-    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
-    ap.add_argument("--out", default="outputs")
-    ap.add_argument("--run-name", default=time.strftime("%Y%m%d-%H%M%S"))
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--only", nargs="+", choices=sorted(EXPERIMENTS), default=list(EXPERIMENTS),
+                    help="experiments to run (default: all)")  # fmt: skip
+    ap.add_argument("--seeds", type=int, nargs="+",
+                    default=[*TUNING_SEEDS, *HELD_OUT_SEEDS], help="default: 0-4 and 100-119")  # fmt: skip
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny runs to check the plumbing; writes no results file")  # fmt: skip
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench_small_gans")
     args = ap.parse_args()
-
-    bench_dir = Path(args.out).resolve() / "bench_small_gans" / args.run_name
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    runs_out = bench_dir / "runs"
-    jobs = []  # (kind, key, seed, cmd, run_dir)
-    if not args.no_1d:
-        for mode in args.modes:
-            for seed in args.seeds:
-                name = f"{mode}_s{seed}"
-                cmd = [
-                    sys.executable,
-                    "gan_1d_normal.py",
-                    "--mode",
-                    mode,
-                    "--seed",
-                    str(seed),
-                    "--out",
-                    str(runs_out),
-                    "--run-name",
-                    name,
-                ]
-                cmd += args.one_d_args.split()
-                if args.epochs:
-                    cmd += ["--epochs", str(args.epochs)]
-                jobs.append(("1d", mode, seed, cmd, runs_out / "gan_1d_normal" / name))
-    if not args.no_painter:
+    for name in args.only:
+        exp = EXPERIMENTS[name]
+        extra = exp["quick"] if args.quick else []
+        out = (args.out / ("quick" if args.quick else "") / name).resolve()
+        out.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
-            name = f"painter_s{seed}"
-            cmd = [
-                sys.executable,
-                "gan_curve_painter.py",
-                "--seed",
-                str(seed),
-                "--out",
-                str(runs_out),
-                "--run-name",
-                name,
-                *args.painter_args.split(),
-            ]
-            if args.steps:
-                cmd += ["--steps", str(args.steps)]
-            jobs.append(("painter", "painter", seed, cmd, runs_out / "gan_curve_painter" / name))
-
-    t0 = time.perf_counter()
-    if args.summarize_only:
-        walls = [float("nan")] * len(jobs)
-    else:
-        with ThreadPoolExecutor(args.jobs) as pool:
-            walls = list(pool.map(lambda j: run(j[3], bench_dir / f"{j[4].name}.log"), jobs))
-    total = time.perf_counter() - t0
-
-    results, missing = [], []
-    for (kind, key, seed, cmd, run_dir), wall in zip(jobs, walls, strict=True):
-        if not (run_dir / "metrics.json").is_file():
-            missing.append(" ".join(["python", *cmd[1:]]))
-            continue
-        m = json.loads((run_dir / "metrics.json").read_text())
-        results.append(
-            {
-                "kind": kind,
-                "key": key,
-                "seed": seed,
-                "wall_s": round(wall, 1),
-                "command": " ".join(["python", *cmd[1:]]),
-                **m,
-            }
-        )
-
-    lines = [
-        f"Machine: {os.cpu_count()}-CPU host, {args.jobs} runs in parallel, one torch thread "
-        f"each; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-        f"benchmark wall time {total / 60:.1f} min.",
-        "",
-    ]
-    one_d = [r for r in results if r["kind"] == "1d"]
-    if one_d:
-        lines += [
-            "### gan_1d_normal.py: 10,000 samples from the final G, target Normal(4, 1.25)",
-            "",
-            "| mode | seed | mean | std | skewness | ex. kurtosis | KS | W1 | max 0.1σ-bin mass "
-            "| D first-layer slope | train s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in one_d:
-            # runs from before 2026-12-01 did not record D's health
-            slope = r.get("d_first_layer_slope")
-            lines.append(
-                f"| {r['key']} | {r['seed']} | {fmt(r['mean'])} | {fmt(r['std'])} | "
-                f"{fmt(r['skewness'])} | {fmt(r['excess_kurtosis'])} | {fmt(r['ks'], 4)} | "
-                f"{fmt(r['w1'], 4)} | {fmt(r['max_bin_mass'])} | "
-                f"{'-' if slope is None else fmt(slope)} | {r['train_seconds']:.1f} |"
-            )
-        lines += [
-            "",
-            "Mean ± sd over seeds:",
-            "",
-            "| mode | mean | std | skewness | ex. kurtosis | KS | W1 | train s |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for mode in args.modes:
-            rs = [r for r in one_d if r["key"] == mode]
-            if not rs:
+            t0 = time.perf_counter()
+            row = run_one(exp, seed, out, extra)
+            if row is None:
                 continue
-            col = lambda k, d=3, rs=rs: mean_sd([r[k] for r in rs], d)
-            lines.append(
-                f"| {mode} | {col('mean')} | {col('std')} | {col('skewness')} | "
-                f"{col('excess_kurtosis')} | {col('ks', 4)} | {col('w1', 4)} | "
-                f"{col('train_seconds', 1)} |"
-            )
-        checks = []
-        mom = [r for r in one_d if r["key"] == "moments"]
-        if mom:
-            ok = all(
-                abs(r["mean"] - 4) <= 0.05
-                and abs(r["std"] - 1.25) <= 0.05
-                and abs(r["skewness"]) <= 0.15
-                and abs(r["excess_kurtosis"]) <= 0.3
-                for r in mom
-            )
-            checks.append(
-                f"moments mode, every seed |mean-4|<=0.05, |std-1.25|<=0.05, |skew|<=0.15, "
-                f"|kurt|<=0.3: {'MET' if ok else 'MISSED'}"
-            )
-        qua = [r for r in one_d if r["key"] == "quantiles"]
-        if qua:
-            ok = all(r["ks"] <= 0.03 and r["w1"] <= 0.05 for r in qua)
-            checks.append(
-                f"quantiles mode, every seed KS<=0.03 and W1<=0.05: {'MET' if ok else 'MISSED'}"
-            )
-        lines += [""] + [f"- {c}" for c in checks]
-    painter = [r for r in results if r["kind"] == "painter"]
-    if painter:
-        lines += [
-            "",
-            "### gan_curve_painter.py: 1,000 curves from the final generator",
-            "",
-            "| seed | curves within bounds | points within | a mean | a std | a KS vs U(1,2) | "
-            "fit residual rms | D(real) | D(fake) | raw G: curves within | train s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in painter:
-            lines.append(
-                f"| {r['seed']} | {fmt(r['curves_within_bounds'])} | {fmt(r['points_within_bounds'])} | "
-                f"{fmt(r['a_mean'])} | {fmt(r['a_std'])} | {fmt(r['a_ks_vs_uniform'])} | "
-                f"{fmt(r['fit_residual_rms'])} | {fmt(r['d_real'])} | {fmt(r['d_fake'])} | "
-                f"{fmt(r['raw_generator']['curves_within_bounds'])} | {r['train_seconds']:.1f} |"
-            )
-        ok = all(
-            r["curves_within_bounds"] >= 0.95
-            and abs(r["a_mean"] - 1.5) <= 0.05
-            and abs(r["a_std"] - 0.2887) <= 0.05
-            and r["a_ks_vs_uniform"] <= 0.1
-            for r in painter
-        )
-        lines += [
-            "",
-            f"- painter, every seed >=95% curves within bounds, |a mean-1.5|<=0.05, "
-            f"|a std-0.289|<=0.05, KS<=0.1: {'MET' if ok else 'MISSED'}",
-        ]
-    lines += ["", "Commands:", ""] + [f"    {r['command']}" for r in results]
-    if missing:
-        lines += ["", "Not finished (no metrics.json):", ""] + [f"    {c}" for c in missing]
-    text = "\n".join(lines) + "\n"
-    (bench_dir / "summary.md").write_text(text)
-    (bench_dir / "summary.json").write_text(json.dumps(results, indent=2))
-    print(text)
-    print(f"wrote {bench_dir / 'summary.md'}")
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "seed")
+            print(f"{name} seed {seed} ({time.perf_counter() - t0:.0f} s): {shown}", flush=True)
+            if not args.quick:  # every finished run of this experiment, this call's or earlier
+                done = sorted(int(p.parent.name[1:]) for p in out.glob("*/s*/metrics.json"))
+                rows = [run_one(exp, s, out, extra) for s in done]
+                command = " ".join(["python", exp["script"], *exp["flags"], "--seed {seed}"])
+                write_results(name, exp["script"], command, exp["metrics"], rows,
+                              targets=exp["targets"], note=NOTE)  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
