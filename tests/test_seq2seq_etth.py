@@ -174,6 +174,10 @@ def test_missing_file_fails_after_the_download_and_leaves_no_folder(tmp_path, mo
     assert list(root.iterdir()) == []  # the ETT-small folder made for the download is gone
     with pytest.raises(s2s.RunError, match="nope.csv is missing"):
         s2s.resolve_data_path(root, str(tmp_path / "nope.csv"))
+    # `ln -s .../ETT-small data/ETT-small` into an existing folder makes ETT-small/ETT-small.
+    (root / "ETT-small" / "ETT-small").mkdir(parents=True)
+    with pytest.raises(s2s.RunError, match="inside an existing folder"):
+        s2s.resolve_data_path(root, "ETTh1")
 
 
 @pytest.mark.realdata
