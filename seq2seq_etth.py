@@ -1,41 +1,37 @@
 """Seq2seq forecasting of ETT (Electricity Transformer Temperature) with an LSTM encoder and an
-attention LSTM decoder, on the standard Informer/Autoformer benchmark protocol.
+attention LSTM decoder, on the Informer/Autoformer benchmark protocol.
 
-The model (from the source notes, fixed): a 2-layer LSTM encoder reads the input window; an
-attention decoder cell scores every encoder step from [previous hidden state, previous output]
-(Bahdanau et al., "Neural Machine Translation by Jointly Learning to Align and Translate", ICLR
-2015, Sec. 3.1, in the location-based form of the PyTorch seq2seq tutorial), an LSTMCell carries
-hidden AND cell state across the horizon, and a linear head emits one step at a time, fed back
-as the next input (teacher forcing with probability 0.3 during training only).
+Model (the study notes' LSTM2LSTM, fixed): an LSTM encoder reads the input window; a decoder cell
+scores the encoder outputs from [previous hidden state, previous output] (Bahdanau et al., ICLR
+2015, Sec. 3.1, location form as in the notes), an LSTMCell carries hidden AND cell state, and a
+linear head emits the next step (or segment), fed back as the next input; teacher forcing feeds
+the true previous value with probability 0.3 per step, in training only.
 
-Data and protocol: Zhou et al., "Informer: Beyond Efficient Transformer for Long Sequence
-Time-Series Forecasting", AAAI 2021 (the ETT dataset; 12/4/4-month train/val/test split; scaler
-fitted on train; MSE/MAE on the normalised scale over every test window, horizon step and
-channel). By default (`--instance-norm last`) each input window's last value is subtracted and
-added back to the forecast, the trick of NLinear (Zeng et al., "Are Transformers Effective for
-Time Series Forecasting?", AAAI 2023) and RevIN (Kim et al., ICLR 2022) against the train/test
-distribution shift; `--instance-norm none` is the notes' globally normalised model.
+The default is the best recipe measured: channel independence (one shared univariate model per
+channel, PatchTST / SegRNN) with 24-step segments (SegRNN, Lin et al. 2023: each LSTM step reads
+or emits 24 hours) and last-value instance normalisation (NLinear, Zeng et al. AAAI 2023).
+`--preset notes` is the notes' model: window 64, horizon 24, step-by-step decoding over all
+channels at once, globally normalised inputs.
 
-Full run (ETTh1, 7 -> 7 channels, input 96, horizon 96):
+Protocol (Zhou et al., "Informer", AAAI 2021): 12/4/4-month train/val/test split, scaler fitted
+on the training rows, every test window scored, MSE/MAE on the normalised scale.
+
+Full run (ETTh1, 7 -> 7 channels, input 96, horizon 96; about 1 min on one CPU thread):
     python seq2seq_etth.py
-    python seq2seq_etth.py --instance-norm none       # the notes' model, no per-window shift
-    python seq2seq_etth.py --features S --horizon 24  # univariate OT
-    # the most accurate and fastest setting measured (H=96: MSE 0.385, about 1 min of training):
-    # one shared model per channel, 24 time steps per LSTM step (SegRNN's segments)
-    python seq2seq_etth.py --channel-independent --segment 24
-Quick run (about 30 s on 2 CPU cores):
-    python seq2seq_etth.py --epochs 1 --max-train-batches 20 --horizon 24
-Re-score / forecast from a checkpoint:
-    python seq2seq_etth.py --eval-only --checkpoint outputs/seq2seq_etth/RUN/checkpoint.pt
-    python seq2seq_etth.py --predict-only --checkpoint outputs/seq2seq_etth/RUN/checkpoint.pt
+    python seq2seq_etth.py --preset notes                # the notes' model (window 64, H 24)
+    python seq2seq_etth.py --features S --horizon 24     # univariate OT
+Quick run (seconds):
+    python seq2seq_etth.py --epochs 1 --max-train-batches 20
+Re-score a checkpoint and forecast past the end of the file:
+    python seq2seq_etth.py --checkpoint outputs/seq2seq_etth/RUN/checkpoint.pt
 
-Writes outputs/seq2seq_etth/<run-name>/: config.json, log.jsonl, metrics.json (mse, mae,
-target-column mse/mae in original units, per-step MAE, persistence baseline), pred.npy and
-true.npy (test windows x horizon x channels, normalised), checkpoint.pt, loss_curves.png,
-test_target.png, inspect_fit.png, forecast.csv/forecast.png (the `horizon` steps after the end
-of the file), rolling_forecast.csv/rolling_forecast.png.
+Writes outputs/seq2seq_etth/<run-name>/: config.json, log.jsonl (per epoch), metrics.json (test
+MSE/MAE, OT in original units, per-step MAE, persistence baseline, best validation MSE),
+checkpoint.pt, pred.npy / true.npy (test windows x horizon x channels, normalised),
+loss_curves.png, test_target.png, forecast.csv/.png (the `horizon` steps after the end of the
+file), rolling_forecast.csv/.png (forecast, append the actual values, repeat).
 
-The ETT data API below (load_ett, make_windows, ...) is shared: autoformer_decomp.py imports it.
+The ETT data API (load_ett, make_windows, ETTData, Split) is imported by autoformer_decomp.py.
 """
 
 from __future__ import annotations
@@ -44,6 +40,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import time
 import urllib.request
@@ -57,87 +54,328 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+# ==================================================================== common block: begin
+# Identical in every script of the collection (tests/test_common_block.py checks it).
+# Contract: usage mistakes exit 2, data/runtime failures exit 1, each with one line on stderr
+# naming the flag or file; a run writes only into OUT/<script>/<run-name>/, which exists only
+# once the run has really started; checkpoints are atomic and name the script that wrote them.
+SCRIPT = Path(__file__).stem
+EXIT_RUNTIME, EXIT_USAGE = 1, 2
+
+
+class UsageError(Exception):
+    """A mistake on the command line (a flag, a --resume file): exit 2."""
+
+
+class RunError(Exception):
+    """A data or runtime failure (a missing or malformed dataset, a diverged run): exit 1."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's default shown once, after its help; flags whose default is None say in their
+    own help what they fall back to."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors become UsageError: one line on stderr, exit 2, no usage dump."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The flags that mean the same in every script."""
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to train; auto takes CUDA when present")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of every random number generator")
+    p.add_argument("--data-root", type=Path, default=Path("data"), help="folder with the datasets")
+    p.add_argument("--out", type=Path, default=Path("outputs"),
+                   help="runs are written to OUT/<script>/<run-name>/")  # fmt: skip
+    p.add_argument("--run-name", default=None,
+                   help="name of the run folder (default: the start time, YYYYmmdd-HHMMSS)")  # fmt: skip
+    p.add_argument("--resume", type=Path, default=None, metavar="CHECKPOINT",
+                   help="continue the run that wrote this checkpoint.pt, in its own folder")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run folder of the same --run-name")  # fmt: skip
+    # One thread measured fastest for these models on a 2-core machine that does anything else.
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch; 0: torch's own")
+
+
+def check_common_args(args: argparse.Namespace) -> None:
+    if args.threads < 0:
+        raise UsageError("--threads must be >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available here (use --device auto or cpu)")
+    if args.resume is not None and args.overwrite:
+        raise UsageError("--resume continues a run; it cannot be combined with --overwrite")
+    if args.resume is not None and not args.resume.is_file():
+        raise UsageError(f"--resume: no such file {args.resume}")
+    name = args.run_name
+    if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name):
+        raise UsageError(f"--run-name {name!r}: use a plain folder name")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def set_threads(n: int) -> None:
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_run_dir(args: argparse.Namespace) -> Path:
+    """The run's folder: the checkpoint's own with --resume, else OUT/<script>/<run-name>. A used
+    name is refused unless --overwrite. Nothing is created here: see open_run_dir."""
+    if args.resume is not None:
+        return args.resume.resolve().parent
+    if args.run_name is None:
+        args.run_name = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = args.out / SCRIPT / args.run_name
+    if run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
+        raise UsageError(
+            f"--run-name {args.run_name}: {run_dir} already holds a run "
+            "(--resume its checkpoint.pt to continue it, or --overwrite to replace it)"
+        )
+    return run_dir
+
+
+def open_run_dir(run_dir: Path, config: dict, *, resume: bool, overwrite: bool) -> None:
+    """Create the run folder once data and model are ready (so a failed start leaves none) and
+    write config.json: one flat object of plain values."""
+    for key, value in config.items():
+        if isinstance(value, tuple):
+            config[key] = value = list(value)
+        if isinstance(value, Path):
+            config[key] = value = str(value)
+        ok = value is None or isinstance(value, (str, int, float, bool))
+        ok = ok or (
+            isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value)
+        )
+        if not ok:
+            raise TypeError(f"config.json must stay flat: {key} is {type(value).__name__}")
+    if overwrite and not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config)
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic: readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def save_checkpoint(path: Path, state: dict, *, version: int) -> None:
+    """Atomic (write, fsync, rename): a kill at any moment leaves the previous checkpoint whole.
+    Records the script and its checkpoint version, and every RNG state."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"script": SCRIPT, "version": version, "rng": rng_state(), **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, *, version: int, flag: str = "--resume") -> dict:
+    """A checkpoint of this script and version, or a UsageError naming the file."""
+    if not Path(path).is_file():
+        raise UsageError(f"{flag}: no such file {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torn, truncated or not a torch file at all
+        raise UsageError(
+            f"{flag}: {path} is not a readable checkpoint ({type(exc).__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
+        writer = ckpt.get("script") if isinstance(ckpt, dict) else None
+        raise UsageError(
+            f"{flag}: {path} was written by {writer or 'something else'}, not {SCRIPT}"
+        )
+    if ckpt.get("version") != version:
+        raise UsageError(
+            f"{flag}: {path} has checkpoint version {ckpt.get('version')}; "
+            f"this {SCRIPT}.py reads version {version}"
+        )
+    return ckpt
+
+
+def require_files(root: Path, files: list[str], how: str) -> None:
+    """RunError naming the first missing dataset file and how to get it. Explains the common
+    trap: `ln -s /somewhere/MNIST data/MNIST` into an existing folder makes data/MNIST/MNIST."""
+    for rel in files:
+        path = root / rel
+        if path.is_file():
+            continue
+        top = root / Path(rel).parts[0]
+        nested = top / Path(rel).parts[0]
+        if nested.exists():
+            raise RunError(
+                f"{path} is missing but {nested} exists: the link was made inside an existing "
+                f"folder; remove {top} and link again"
+            )
+        raise RunError(f"{path} is missing; {how}")
+
+
+def remove_empty_dirs(path: Path, stop: Path) -> None:
+    """Undo the folders a failed download made, up to (not including) `stop`."""
+    path, stop = path.resolve(), stop.resolve()
+    while path != stop and stop in path.parents and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
+
+
+class Progress:
+    """tqdm on a terminal; elsewhere (cron, logs, CI) a plain line at most every `every_s`."""
+
+    def __init__(self, total: int, initial: int = 0, desc: str = SCRIPT, every_s: float = 30.0):
+        self.total, self.n, self.desc, self.every_s = total, initial, desc, every_s
+        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, desc=desc) if self.tty else None
+        self.last_print = time.monotonic()
+
+    def update(self, n: int = 1, msg: str = "") -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if msg:
+                self.bar.set_postfix_str(msg, refresh=False)
+        elif time.monotonic() - self.last_print >= self.every_s or self.n >= self.total:
+            self.last_print = time.monotonic()
+            print(f"{self.desc} {self.n}/{self.total} {msg}".rstrip(), flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_cli(main, argv: list[str] | None = None) -> int:
+    """main(argv) with the exit-code contract: 0 done, 1 RunError, 2 UsageError."""
+    try:
+        main(argv)
+    except UsageError as exc:
+        print(f"{SCRIPT}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RunError as exc:
+        print(f"{SCRIPT}: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
+
+
+# ==================================================================== common block: end
+
 # ----------------------------------------------------------------------------------------------
-# Data: the shared ETT API (autoformer_decomp.py imports these names; add, never change)
+# Data: the ETT API (autoformer_decomp.py imports load_ett, make_windows, ETTData, Split)
 # ----------------------------------------------------------------------------------------------
 
 ETT_NAMES = ("ETTh1", "ETTh2", "ETTm1", "ETTm2")
+ETT_COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
 ETT_URL = "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/{name}.csv"
-
-# Informer's split (Zhou et al. 2021, Sec. 5.1): 12 months train, 4 validation, 4 test, with
-# 30-day months of hourly rows. The 15-minute files use the same months, 4x the rows.
+# Informer's split (Sec. 5.1): 12 months train, 4 validation, 4 test, 30-day months of hourly
+# rows; the 15-minute files use the same months, 4x the rows.
 HOURLY_BORDERS = (12 * 30 * 24, 16 * 30 * 24, 20 * 30 * 24)  # (8640, 11520, 14400)
 ROWS_PER_HOUR = {"h": 1, "15min": 4}
 
 
-def resolve_data_path(data_root: str | Path, data: str) -> Path:
-    """'ETTh1' -> <data_root>/ETT-small/ETTh1.csv (downloaded from the ETDataset repository when
-    missing; on failure SystemExit naming the file and folder); any other value is a CSV path."""
+def resolve_data_path(data_root: Path, data: str) -> Path:
+    """'ETTh1' -> <data_root>/ETT-small/ETTh1.csv, downloaded from the ETDataset repository when
+    missing; a failed download leaves no folder behind. Any other value is a CSV path."""
     if data not in ETT_NAMES:
         path = Path(data)
         if not path.is_file():
-            raise SystemExit(
-                f"error: CSV file {path} not found (--data takes one of "
-                f"{', '.join(ETT_NAMES)} or the path of a CSV with a date column)"
-            )
+            raise RunError(f"{path} is missing (--data takes {', '.join(ETT_NAMES)} or a CSV path)")
         return path
-    folder = Path(data_root) / "ETT-small"
-    path = folder / f"{data}.csv"
+    rel = f"ETT-small/{data}.csv"
+    path = Path(data_root) / rel
     if path.is_file():
         return path
-    url = ETT_URL.format(name=data)
+    if (Path(data_root) / "ETT-small" / "ETT-small").exists():
+        require_files(Path(data_root), [rel], "")  # explains the link made inside a folder
+    existing = path.parent
+    while not existing.exists():
+        existing = existing.parent
+    url, tmp = ETT_URL.format(name=data), path.with_name(path.name + ".tmp")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        print(f"{path} missing; downloading {url}")
-        with urllib.request.urlopen(url, timeout=30) as response:
-            payload = response.read()
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(payload)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"{path} missing; downloading {url}", flush=True)
+        with urllib.request.urlopen(url, timeout=20) as response:
+            tmp.write_bytes(response.read())
         os.replace(tmp, path)
-    except Exception as exc:  # no network, read-only folder, HTTP error: all end the same way
-        raise SystemExit(
-            f"error: {data}.csv not found in {folder} and the download from {url} failed "
-            f"({exc}). Put {data}.csv (from the ETDataset repository, ETT-small/) in {folder}, "
-            f"or pass --data-root pointing at the folder that holds ETT-small/."
+    except Exception as exc:  # noqa: BLE001 - offline, HTTP error, read-only folder: same advice
+        tmp.unlink(missing_ok=True)
+        remove_empty_dirs(path.parent, existing)
+        reason = getattr(exc, "reason", exc)
+        raise RunError(
+            f"{path} is missing and the download from {url} failed ({reason}); put {data}.csv "
+            "(ETDataset, ETT-small/) there or point --data-root at the folder holding ETT-small/"
         ) from None
     return path
 
 
 class StandardScaler:
-    """Per-channel z-score. Fit on TRAIN rows only: fitting on the whole file (as the notes did)
-    leaks the test period's mean and spread into the inputs."""
-
-    def __init__(self) -> None:
-        self.mean = np.zeros(1, dtype=np.float64)
-        self.std = np.ones(1, dtype=np.float64)
+    """Per-channel z-score, fitted on TRAIN rows only (the notes fitted on the whole file, which
+    leaks the test period's level and spread into the inputs)."""
 
     def fit(self, x: np.ndarray) -> StandardScaler:
-        x = np.asarray(x, dtype=np.float64)
         self.mean = x.mean(axis=0)
-        std = x.std(axis=0)  # population std (ddof=0), as sklearn's scaler used by Informer
-        self.std = np.where(std > 0, std, 1.0)  # a constant column stays finite
+        std = x.std(axis=0)  # population std, as the sklearn scaler Informer uses
+        self.std = np.where(std > 0, std, 1.0)
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x) - self.mean) / self.std
 
     def inverse_transform(self, x: np.ndarray) -> np.ndarray:
-        """Works on [..., C] arrays with C = the fitted channels."""
         return np.asarray(x) * self.std + self.mean
 
 
 def time_features(dates: pd.DatetimeIndex, freq: str) -> np.ndarray:
-    """Informer/Autoformer 'timeF' features scaled to [-0.5, 0.5], float32 [T, F]:
-    hourly: hour, day of week, day of month, day of year (F=4); 15-min: minute too (F=5).
-    Order as in Informer's time_features: minute (sub-hourly only), hour, weekday, day, yearday."""
+    """Informer's 'timeF' calendar features in [-0.5, 0.5], float32 [T, F]: (minute, for
+    sub-hourly rows), hour, day of week, day of month, day of year."""
     dates = pd.DatetimeIndex(dates)
-    columns = [
-        dates.hour / 23.0 - 0.5,
-        dates.day_of_week / 6.0 - 0.5,
-        (dates.day - 1) / 30.0 - 0.5,
-        (dates.day_of_year - 1) / 365.0 - 0.5,
-    ]
-    if freq != "h" and not freq.endswith("h"):  # sub-hourly data: the minute matters too
+    columns = [dates.hour / 23.0 - 0.5, dates.day_of_week / 6.0 - 0.5,
+               (dates.day - 1) / 30.0 - 0.5, (dates.day_of_year - 1) / 365.0 - 0.5]  # fmt: skip
+    if freq != "h":
         columns.insert(0, dates.minute / 59.0 - 0.5)
     return np.stack([np.asarray(c, dtype=np.float32) for c in columns], axis=1)
 
@@ -147,373 +385,198 @@ class Split:
     values: np.ndarray  # float32 [T, C], normalised with the train-fitted scaler
     marks: np.ndarray  # float32 [T, F], time_features of the rows
     dates: pd.DatetimeIndex  # [T]
-    start: int  # row index of values[0] in the file (for plots/CSV output)
-
-    def __len__(self) -> int:
-        return len(self.values)
+    start: int  # file row of values[0]
 
 
 @dataclass
 class ETTData:
-    columns: list[str]  # loaded columns in order (M/MS: all numeric, target LAST; S: [target])
+    columns: list[str]  # loaded columns (M/MS: every numeric column, target LAST; S: [target])
     target: str
-    target_channel: int  # index of the target in `columns` (always the last: C-1)
-    out_channels: list[int]  # predicted and scored channels: M: all C; S: [0]; MS: [C-1]
-    scaler: StandardScaler  # fitted on train rows of `columns` only
-    freq: str  # "h" or "15min" (inferred from the dates)
-    borders: dict[str, tuple[int, int]]  # file row ranges actually used, lookback included
+    target_channel: int  # index of the target in `columns` (always the last)
+    out_channels: list[int]  # forecast and scored channels: M all, S [0], MS [C-1]
+    scaler: StandardScaler
+    freq: str  # "h" or "15min"
+    borders: dict[str, tuple[int, int]]  # file rows [start, end) per split, lookback included
     train: Split
     val: Split
     test: Split
-    raw: pd.DataFrame  # the whole file, original units (for forecasting past its end)
-
-
-def infer_freq(dates: pd.DatetimeIndex) -> str:
-    """'h' for hourly rows, '15min' for quarter-hourly; other spacings as '<minutes>min'."""
-    if len(dates) < 2:
-        raise SystemExit("error: the CSV needs at least two rows to infer its time step")
-    step = pd.Series(dates).diff().dropna().median()
-    minutes = int(round(step / pd.Timedelta(minutes=1)))
-    if minutes == 60:
-        return "h"
-    if minutes <= 0:
-        raise SystemExit("error: the date column is not increasing in time")
-    return f"{minutes}min"
+    raw: pd.DataFrame  # the whole file, original units
 
 
 def read_ett_csv(path: Path) -> pd.DataFrame:
-    """Read a CSV with a 'date' column; the date is parsed, everything else left as read."""
     try:
         frame = pd.read_csv(path)
-    except Exception as exc:
-        raise SystemExit(f"error: cannot read {path} as CSV ({exc})") from None
-    date_cols = [c for c in frame.columns if str(c).strip().lower() == "date"]
-    if not date_cols:
-        raise SystemExit(f"error: {path} has no 'date' column (columns: {list(frame.columns)})")
-    frame = frame.rename(columns={date_cols[0]: "date"})
+    except Exception as exc:  # noqa: BLE001 - any unreadable file ends the same way
+        raise RunError(f"{path} is not a readable CSV ({type(exc).__name__})") from None
+    if "date" not in frame.columns:
+        raise RunError(f"{path} has no 'date' column (columns: {', '.join(map(str, frame))})")
     try:
         frame["date"] = pd.to_datetime(frame["date"])
-    except Exception as exc:
-        raise SystemExit(f"error: {path}: cannot parse the 'date' column ({exc})") from None
+    except Exception:  # noqa: BLE001
+        raise RunError(f"{path}: the 'date' column does not parse as dates") from None
     return frame
 
 
-def numeric_block(frame: pd.DataFrame, columns: list[str], path: Path | str) -> np.ndarray:
-    """The given columns as float64 [T, C]; non-numeric or missing values -> clear error."""
-    out = np.empty((len(frame), len(columns)), dtype=np.float64)
-    for j, col in enumerate(columns):
-        values = pd.to_numeric(frame[col], errors="coerce")
-        bad = np.flatnonzero(values.isna().to_numpy())
-        if len(bad):
-            raise SystemExit(
-                f"error: {path}: column '{col}' is not numeric or has missing values "
-                f"(first bad row {bad[0] + 2} of the file: {frame[col].iloc[bad[0]]!r}); "
-                f"every column except 'date' must hold numbers"
-            )
-        out[:, j] = values.to_numpy(dtype=np.float64)
-    return out
-
-
-def split_borders(n_rows: int, freq: str, seq_len: int, split: str) -> dict[str, tuple[int, int]]:
-    """File row ranges [start, end) of train/val/test, val and test starting L rows early so
-    their first window's input is the L rows before the period (every period row is scored)."""
-    if split == "standard":
-        if freq not in ROWS_PER_HOUR:
-            raise SystemExit(
-                f"error: --split standard needs hourly or 15-minute rows (this file's step is "
-                f"{freq}); use --split notes"
-            )
-        b_train, b_val, b_test = (b * ROWS_PER_HOUR[freq] for b in HOURLY_BORDERS)
-        if n_rows < b_test:
-            raise SystemExit(
-                f"error: --split standard needs at least {b_test} rows (20 months), the file has "
-                f"{n_rows}; use --split notes for a shorter series"
-            )
-    elif split == "notes":
-        # The notes' 70/15/15 proportions, but in time order (train, val, test): the notes cut
-        # validation and test from the START of the series, before the training rows.
-        b_train = int(n_rows * 0.7)
-        b_val = b_train + int(n_rows * 0.15)
-        b_test = n_rows
-    else:
-        raise ValueError(f"unknown split {split!r} (standard | notes)")
-    if b_train <= seq_len or b_val <= b_train or b_test <= b_val:
-        raise SystemExit(
-            f"error: too few rows ({n_rows}) for a {split} split with a {seq_len}-step input"
+def select_columns(frame: pd.DataFrame, path: Path, data: str, features: str, target: str):
+    """The columns --features needs, target last. A named ETT file must hold all seven ETT
+    columns for M/MS: with one missing the model would silently train on the rest."""
+    present = [c for c in frame.columns if c != "date"]
+    needed = [target] if features == "S" or data not in ETT_NAMES else list(ETT_COLUMNS)
+    needed += [] if target in needed else [target]
+    missing = [c for c in needed if c not in present]
+    if missing:
+        raise RunError(
+            f"{path} lacks column(s) {', '.join(missing)} that --features {features} with "
+            f"--target {target} needs (it has {', '.join(map(str, present))})"
         )
-    return {
-        "train": (0, b_train),
-        "val": (b_train - seq_len, b_val),
-        "test": (b_val - seq_len, b_test),
-    }
+    return [target] if features == "S" else [c for c in present if c != target] + [target]
 
 
-def load_ett(
-    data_root: str | Path,
-    data: str = "ETTh1",
-    features: str = "M",
-    target: str = "OT",
-    seq_len: int = 96,
-    split: str = "standard",
-) -> ETTData:
-    """split: 'standard' (Informer/Autoformer benchmark borders: train [0, 8640), val
-    [8640-L, 11520), test [11520-L, 14400) hourly, x4 for 15-min) or 'notes' (70/15/15 in time
-    order with the L-row lookback prefix on val/test). Clear errors: missing target column, no
-    date column, non-numeric columns, too few rows for the split."""
-    if features not in ("M", "S", "MS"):
-        raise ValueError(f"features must be M, S or MS, got {features!r}")
+def numeric_block(frame: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
+    values = frame[columns].apply(pd.to_numeric, errors="coerce")
+    bad = values.isna().to_numpy()
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise RunError(f"{path}: column '{columns[col]}' is not numeric or has a gap "
+                       f"(file line {row + 2}: {frame[columns[col]].iloc[row]!r})")  # fmt: skip
+    return values.to_numpy(dtype=np.float64)
+
+
+def infer_freq(dates: pd.DatetimeIndex, path: Path) -> str:
+    minutes = round(pd.Series(dates).diff().median() / pd.Timedelta(minutes=1))
+    freq = {60: "h", 15: "15min"}.get(minutes)
+    if freq is None:
+        raise RunError(f"{path}: rows are {minutes} min apart; the split needs hourly or 15-min")
+    return freq
+
+
+def load_ett(data_root: Path, data: str = "ETTh1", features: str = "M", target: str = "OT",
+             seq_len: int = 96) -> ETTData:  # fmt: skip
+    """The standard split: train [0, 8640), val [8640 - L, 11520), test [11520 - L, 14400)
+    hourly (x4 for 15-min); val and test start L rows early so every period row is scored."""
     path = resolve_data_path(data_root, data)
     raw = read_ett_csv(path)
-    if target not in raw.columns:
-        others = [c for c in raw.columns if c != "date"]
-        raise SystemExit(f"error: {path} has no target column '{target}' (columns: {others})")
-    if features == "S":
-        columns = [target]
-    else:
-        columns = [c for c in raw.columns if c not in ("date", target)] + [target]
+    columns = select_columns(raw, path, data, features, target)
     values = numeric_block(raw, columns, path)
     dates = pd.DatetimeIndex(raw["date"])
-    freq = infer_freq(dates)
-    borders = split_borders(len(raw), freq, seq_len, split)
-    lo, hi = borders["train"]
-    scaler = StandardScaler().fit(values[lo:hi])
+    freq = infer_freq(dates, path)
+    b_train, b_val, b_test = (b * ROWS_PER_HOUR[freq] for b in HOURLY_BORDERS)
+    if len(raw) < b_test:
+        raise RunError(f"{path} has {len(raw)} rows; the standard split needs {b_test}")
+    borders = {"train": (0, b_train), "val": (b_train - seq_len, b_val),
+               "test": (b_val - seq_len, b_test)}  # fmt: skip
+    scaler = StandardScaler().fit(values[:b_train])
     normalised = scaler.transform(values).astype(np.float32)
     marks = time_features(dates, freq)
-
-    def make_split(name: str) -> Split:
-        a, b = borders[name]
-        return Split(values=normalised[a:b], marks=marks[a:b], dates=dates[a:b], start=a)
-
-    n_channels = len(columns)
-    out_channels = {"M": list(range(n_channels)), "S": [0], "MS": [n_channels - 1]}[features]
-    return ETTData(
-        columns=columns,
-        target=target,
-        target_channel=n_channels - 1,
-        out_channels=out_channels,
-        scaler=scaler,
-        freq=freq,
-        borders=borders,
-        train=make_split("train"),
-        val=make_split("val"),
-        test=make_split("test"),
-        raw=raw,
-    )
+    splits = {name: Split(normalised[a:b], marks[a:b], dates[a:b], a)
+              for name, (a, b) in borders.items()}  # fmt: skip
+    n = len(columns)
+    out_channels = {"M": list(range(n)), "S": [0], "MS": [n - 1]}[features]
+    return ETTData(columns, target, n - 1, out_channels, scaler, freq, borders, **splits, raw=raw)
 
 
-def make_windows(
-    split: Split, seq_len: int, label_len: int, horizon: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All sliding windows of a split, in window order, as float32 tensors (views via unfold):
-    x [N, seq_len, C], y [N, label_len + horizon, C], x_mark [N, seq_len, F],
-    y_mark [N, label_len + horizon, F]; window i: x = rows[i : i+L],
-    y = rows[i+L-label_len : i+L+H]; N = T - L - H + 1 (every window, no drop_last: the notes'
-    drop_last on the test loader silently skipped windows). Targets: y[:, label_len:, out]."""
-    if not 0 <= label_len <= seq_len:
-        raise ValueError(f"label_len must be in [0, seq_len], got {label_len}")
+def make_windows(split: Split, seq_len: int, label_len: int, horizon: int):
+    """Every sliding window of a split, in order, as float32 views: x [N, L, C],
+    y [N, label_len + H, C], x_mark [N, L, F], y_mark [N, label_len + H, F]; window i reads
+    rows i .. i+L-1 and y is rows i+L-label_len .. i+L+H-1. N = T - L - H + 1 (no drop_last:
+    the notes' test loader skipped the last windows)."""
     n_windows = len(split.values) - seq_len - horizon + 1
     if n_windows <= 0:
-        raise SystemExit(
-            f"error: a split of {len(split.values)} rows is too short for input {seq_len} + "
-            f"horizon {horizon}"
-        )
-    values = torch.from_numpy(np.ascontiguousarray(split.values, dtype=np.float32))
-    marks = torch.from_numpy(np.ascontiguousarray(split.marks, dtype=np.float32))
-    y_len = label_len + horizon
+        raise RunError(f"a split of {len(split.values)} rows is too short for input {seq_len} "
+                       f"+ horizon {horizon}")  # fmt: skip
+    values, marks = torch.from_numpy(split.values), torch.from_numpy(split.marks)
 
     def windows(t: torch.Tensor, start: int, length: int) -> torch.Tensor:
-        # unfold gives [N', C, length] views; transpose to [N', length, C], still a view.
         return t[start:].unfold(0, length, 1).transpose(1, 2)[:n_windows]
 
-    y_start = seq_len - label_len
-    return (
-        windows(values, 0, seq_len),
-        windows(values, y_start, y_len),
-        windows(marks, 0, seq_len),
-        windows(marks, y_start, y_len),
-    )
+    y_start, y_len = seq_len - label_len, label_len + horizon
+    return (windows(values, 0, seq_len), windows(values, y_start, y_len),
+            windows(marks, 0, seq_len), windows(marks, y_start, y_len))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------------------------
 
+CHECKPOINT_VERSION = 2
+PRESETS = {
+    # The best recipe measured (H=96, M): one shared univariate model per channel, 24-step
+    # segments, last-value instance norm.
+    "best": dict(window=96, horizon=96, segment=24, channel_independent=True,
+                 instance_norm="last", batch_size=32),
+    # The notes' LSTM2LSTM (003): window 64, horizon 24, batch 16, one step at a time over all
+    # channels, inputs only globally normalised.
+    "notes": dict(window=64, horizon=24, segment=1, channel_independent=False,
+                  instance_norm="none", batch_size=16),
+}  # fmt: skip
+# Informer's schedule (App. E): the LR halves every epoch and training stops after 3 epochs
+# without a better validation MSE; after 6 halvings little changes. Not flags: never varied.
+LR_DECAY, PATIENCE, CLIP, DROPOUT, EVAL_BATCH = 0.5, 3, 1.0, 0.05, 512
+# What defines the model: taken from a checkpoint whatever the command line says.
+MODEL_KEYS = ("data", "features", "target", "window", "horizon", "hidden", "layers",
+              "teacher_forcing", "instance_norm", "channel_independent", "segment")  # fmt: skip
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="LSTM encoder + attention LSTM decoder forecasting ETT (standard protocol)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    # common flags
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", default="data")
-    p.add_argument("--out", default="outputs")
-    p.add_argument("--run-name", default=time.strftime("%Y%m%d-%H%M%S"))
-    p.add_argument("--resume", default=None, help="checkpoint.pt to continue training from")
-    # Informer's schedule (Zhou et al. 2021, App. E): 6 epochs, LR halved every epoch, early stop
-    # with patience 3; after 6 halvings the LR is 1/64 of the start and little changes.
-    p.add_argument("--epochs", type=int, default=6, help="max epochs (early stopping on val)")
-    # data
-    p.add_argument("--data", default="ETTh1", help=f"one of {', '.join(ETT_NAMES)} or a CSV path")
-    p.add_argument(
-        "--features",
-        default="M",
-        choices=["M", "S", "MS"],
-        help="M: all -> all, S: target -> target, MS: all -> target",
-    )
-    p.add_argument("--target", default="OT")
-    p.add_argument(
-        "--split",
-        default="standard",
-        choices=["standard", "notes"],
-        help="standard: Informer 12/4/4 months; notes: 70/15/15 (not the benchmark)",
-    )
-    p.add_argument("--window", type=int, default=96, help="input length L (the notes used 64)")
-    p.add_argument("--horizon", type=int, default=96, help="forecast length H (notes: 24)")
-    # model
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--dropout", type=float, default=0.05, help="between encoder LSTM layers")
-    p.add_argument(
-        "--teacher-forcing",
-        type=float,
-        default=0.3,
-        help="probability per decoder step of feeding the true previous value (train only)",
-    )
-    p.add_argument(
-        "--instance-norm",
-        nargs="?",
-        const="last",
-        default="last",
-        choices=["none", "last", "mean"],
-        help="subtract each input window's last value (or mean), add it back after; 'none' is "
-        "the notes' model (globally normalised only: 1.09 vs 0.43 test MSE at horizon 96, M)",
-    )
-    p.add_argument(
-        "--channel-independent",
-        action="store_true",
-        help="M only: one shared univariate model forecasts every channel from its own past "
-        "(the channels become extra batch rows, as in PatchTST / SegRNN); 7 -> 7 still",
-    )
-    p.add_argument(
-        "--segment",
-        type=int,
-        default=1,
-        metavar="S",
-        help="steps per LSTM step: the encoder reads the window as L/S segments of S steps and "
-        "the decoder emits S steps at a time (SegRNN's segment-wise iteration); 1 = one step at "
-        "a time, as the notes. L and H must be multiples of S",
-    )
-    p.add_argument(
-        "--time-features",
-        action="store_true",
-        help="also feed the timeF calendar features (encoder: input rows, decoder: "
-        "the step being predicted)",
-    )
-    # optimisation
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument(
-        "--lr-decay",
-        type=float,
-        default=0.5,
-        help="multiply the LR by this after every epoch (Informer's schedule)",
-    )
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
-    p.add_argument("--patience", type=int, default=3, help="early-stopping patience (epochs)")
-    p.add_argument(
-        "--max-train-batches",
-        type=int,
-        default=0,
-        help="cap batches per epoch (0 = all), for seconds-long smoke runs",
-    )
-    p.add_argument("--eval-batch-size", type=int, default=512)
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch CPU threads (0 = torch's default, the physical cores); 1 is "
-        "faster when other jobs share the cores",
-    )
-    p.add_argument("--log-every", type=int, default=50, help="batches between plain progress lines")
-    # modes
-    p.add_argument("--eval-only", action="store_true", help="re-score --checkpoint on the test set")
-    p.add_argument(
-        "--predict-only",
-        action="store_true",
-        help="forecast past the end of the file (and rolling) from --checkpoint",
-    )
-    p.add_argument(
-        "--checkpoint", default=None, help="checkpoint.pt for --eval-only/--predict-only"
-    )
-    p.add_argument(
-        "--rolling-data",
-        default=None,
-        help="CSV continuing --data for the rolling forecast (same columns); default: "
-        "the file's rows after the test period (or the test period itself)",
-    )
-    p.add_argument("--no-plots", action="store_true")
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="best",
+                   help="best: the most accurate recipe measured; notes: the notes' model. "
+                   "Flags below that say 'preset' override it")  # fmt: skip
+    p.add_argument("--data", default="ETTh1", help=f"{', '.join(ETT_NAMES)} or a CSV path")
+    p.add_argument("--features", default="M", choices=("M", "S", "MS"),
+                   help="M: all channels -> all, S: target -> target, MS: all -> target")  # fmt: skip
+    p.add_argument("--target", default="OT", help="the target column (S, MS; last in M)")
+    p.add_argument("--window", type=int, help="input length L (preset: best 96, notes 64)")
+    p.add_argument("--horizon", type=int, help="forecast length H (preset: best 96, notes 24)")
+    p.add_argument("--segment", type=int, metavar="S",
+                   help="time steps per LSTM step, dividing L and H; 1 = step by step "
+                   "(preset: best 24, notes 1)")  # fmt: skip
+    p.add_argument("--channel-independent", action=argparse.BooleanOptionalAction,
+                   help="M only: one shared univariate model forecasts each channel from its "
+                   "own past (preset: best on, notes off)")  # fmt: skip
+    p.add_argument("--instance-norm", choices=("last", "none"),
+                   help="subtract each window's last value and add it back to the forecast; "
+                   "none = global normalisation only (preset: best last, notes none)")  # fmt: skip
+    p.add_argument("--hidden", type=int, default=128, help="LSTM width")
+    p.add_argument("--layers", type=int, default=2, help="encoder LSTM layers")
+    p.add_argument("--teacher-forcing", type=float, default=0.3,
+                   help="probability per decoder step of feeding the true previous value")  # fmt: skip
+    p.add_argument("--epochs", type=int, default=6, help="most epochs (early stopping on val)")
+    p.add_argument("--batch-size", type=int, help="windows per step (preset: best 32, notes 16)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, halved per epoch")
+    p.add_argument("--max-train-batches", type=int, default=0,
+                   help="cap on batches per epoch, 0 = all (for seconds-long runs)")  # fmt: skip
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="no training: re-score this checkpoint.pt on the test windows and "
+                   "forecast past the end of the file")  # fmt: skip
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.window < 1 or args.horizon < 1:
-        parser.error("--window and --horizon must be positive")
-    if args.epochs < 0 or args.batch_size < 1 or args.hidden < 1 or args.layers < 1:
-        parser.error("--epochs >= 0, --batch-size, --hidden and --layers >= 1")
-    if not 0.0 <= args.teacher_forcing <= 1.0:
-        parser.error("--teacher-forcing is a probability in [0, 1]")
-    if not 0.0 < args.lr_decay <= 1.0:
-        parser.error("--lr-decay must be in (0, 1]")
-    if args.eval_only and args.predict_only:
-        parser.error("--eval-only and --predict-only are exclusive")
-    if (args.eval_only or args.predict_only) and not args.checkpoint:
-        parser.error("--eval-only/--predict-only need --checkpoint PATH")
-    if args.checkpoint and not (args.eval_only or args.predict_only):
-        parser.error(
-            "--checkpoint goes with --eval-only or --predict-only (use --resume to train on)"
-        )
-    if args.resume and (args.eval_only or args.predict_only):
-        parser.error("--resume continues training; it cannot go with --eval-only/--predict-only")
-    if args.data not in ETT_NAMES and not args.data.lower().endswith(".csv"):
-        parser.error(f"--data takes one of {', '.join(ETT_NAMES)} or a path ending in .csv")
-    if args.channel_independent and args.features != "M":
-        parser.error("--channel-independent needs --features M (S has one channel; MS mixes them)")
-    if args.segment < 1 or args.window % args.segment or args.horizon % args.segment:
-        parser.error(
-            f"--segment {args.segment} must be >= 1 and divide --window {args.window} and "
-            f"--horizon {args.horizon}"
-        )
-    if args.instance_norm == "none":
-        args.instance_norm = None  # the model (and checkpoints before this flag value) use None
+    args = build_parser().parse_args(argv)
+    check_common_args(args)
+    if args.channel_independent and args.features == "MS":
+        raise UsageError("--channel-independent needs --features M or S (MS mixes channels)")
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.channel_independent = args.channel_independent and args.features == "M"
+    if args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    for flag in ("window", "horizon", "hidden", "layers", "batch_size", "segment"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.window % args.segment or args.horizon % args.segment:
+        raise UsageError(f"--segment {args.segment} must divide --window {args.window} and "
+                         f"--horizon {args.horizon}")  # fmt: skip
+    if not 0 <= args.teacher_forcing <= 1:
+        raise UsageError("--teacher-forcing is a probability in [0, 1]")
+    if args.lr <= 0 or args.max_train_batches < 0:
+        raise UsageError("--lr must be > 0 and --max-train-batches >= 0")
+    if args.checkpoint is not None and args.resume is not None:
+        raise UsageError("--checkpoint re-scores a finished model; --resume continues training")
     return args
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but CUDA is not available")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -522,62 +585,38 @@ def atomic_save(obj: object, path: Path) -> None:
 
 
 class AttentionDecoderCell(nn.Module):
-    """One decoder step. Attention weights over the L encoder outputs come from [previous
-    hidden, previous output] (Bahdanau et al. 2015, Sec. 3.1, eqs. 5-6, with a fixed-length
-    location score as in the notes); the LSTMCell reads [context, previous output (+ the step's
-    time features)] and carries (h, c) - the notes passed (h, h) and threw the cell state away."""
+    """One decoder step. alpha = softmax(W [h_{t-1}; y_{t-1}]) over the encoder outputs
+    (Bahdanau et al. 2015, eq. 6, with the notes' fixed-length location score), context
+    c_t = sum_j alpha_j h_j (eq. 5), then an LSTMCell on [c_t; y_{t-1}] carrying (h, c): the
+    notes passed (h, h) and threw the cell state away."""
 
-    def __init__(self, window: int, hidden: int, out_dim: int, mark_dim: int = 0) -> None:
+    def __init__(self, window: int, hidden: int, out_dim: int) -> None:
         super().__init__()
         self.attention = nn.Linear(hidden + out_dim, window)
-        self.cell = nn.LSTMCell(hidden + out_dim + mark_dim, hidden)
+        self.cell = nn.LSTMCell(hidden + out_dim, hidden)
         self.head = nn.Linear(hidden, out_dim)
 
-    def forward(
-        self,
-        encoder_out: torch.Tensor,  # [B, L, H]
-        state: tuple[torch.Tensor, torch.Tensor],  # (h, c), each [B, H]
-        y_prev: torch.Tensor,  # [B, out_dim]
-        mark: torch.Tensor | None = None,  # [B, F] time features of the step being predicted
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, encoder_out, state, y_prev):
         h, c = state
-        scores = self.attention(torch.cat((h, y_prev), dim=1))  # [B, L]
-        weights = torch.softmax(scores, dim=1)  # alpha_tj, eq. 6
-        # c_t = sum_j alpha_tj h_j (eq. 5): the attention-weighted encoder outputs.
-        context = torch.bmm(weights.unsqueeze(1), encoder_out).squeeze(1)
-        cell_in = [context, y_prev] if mark is None else [context, y_prev, mark]
-        h, c = self.cell(torch.cat(cell_in, dim=1), (h, c))
+        weights = torch.softmax(self.attention(torch.cat((h, y_prev), dim=1)), dim=1)  # eq. 6
+        context = torch.bmm(weights.unsqueeze(1), encoder_out).squeeze(1)  # eq. 5
+        h, c = self.cell(torch.cat((context, y_prev), dim=1), (h, c))
         return self.head(h), (h, c)
 
 
 class Seq2Seq(nn.Module):
-    """LSTM encoder + attention LSTM decoder, rolled out one step (or segment) at a time.
+    """LSTM encoder + attention LSTM decoder, rolled out one segment of S steps at a time.
 
-    channel_independent: the C input channels (all of them forecast, out_channels = 0..C-1) are
-    split into C univariate series that share one encoder/decoder: window [B, L, C] becomes
-    C*B series [C*B, L, 1] and the forecasts are put back as [B, H, C]. Each channel is then
-    predicted from its own past only, with C times the training series per batch.
+    channel_independent: the C channels become C univariate series through one shared model
+    ([B, L, C] -> [B*C, L, 1]), each forecast from its own past. segment S (SegRNN): the
+    encoder reads L/S segments of S steps per LSTM step, attention runs over those L/S
+    outputs, and each decoder step emits the next S steps. instance_norm 'last': x - x_L in,
+    + x_L out (NLinear), which follows the level shift between ETT's train and test months."""
 
-    segment S > 1 (SegRNN, Lin et al. 2023, applied to this encoder-decoder): the encoder reads
-    L/S segments of S steps (all channels) per LSTM step, attention runs over those L/S outputs,
-    and each decoder step emits the next S steps; teacher forcing feeds a whole true segment. The
-    recurrences get S times shorter (less to remember, fewer sequential steps)."""
-
-    def __init__(
-        self,
-        in_dim: int,
-        out_channels: list[int],
-        window: int,
-        horizon: int,
-        hidden: int = 128,
-        layers: int = 2,
-        dropout: float = 0.05,
-        teacher_forcing: float = 0.3,
-        instance_norm: str | None = None,
-        mark_dim: int = 0,
-        channel_independent: bool = False,
-        segment: int = 1,
-    ) -> None:
+    def __init__(self, in_dim: int, out_channels: list[int], window: int, horizon: int,
+                 hidden: int = 128, layers: int = 2, dropout: float = DROPOUT,
+                 teacher_forcing: float = 0.3, instance_norm: str | None = None,
+                 channel_independent: bool = False, segment: int = 1) -> None:  # fmt: skip
         super().__init__()
         if window % segment or horizon % segment:
             raise ValueError(f"segment {segment} must divide window {window} and horizon {horizon}")
@@ -586,209 +625,138 @@ class Seq2Seq(nn.Module):
         self.channel_independent = channel_independent
         if channel_independent:
             in_dim, out_channels = 1, [0]  # the shared model sees one series at a time
-        self.out_channels = list(out_channels)
-        self.horizon = horizon
-        self.segment = segment
-        self.teacher_forcing = teacher_forcing
-        self.instance_norm = instance_norm
-        self.mark_dim = mark_dim
+        self.out_channels, self.horizon, self.segment = list(out_channels), horizon, segment
+        self.teacher_forcing, self.instance_norm = teacher_forcing, instance_norm
         self.register_buffer("out_index", torch.tensor(self.out_channels), persistent=False)
-        self.encoder = nn.LSTM(
-            (in_dim + mark_dim) * segment,
-            hidden,
-            num_layers=layers,
-            batch_first=True,
-            dropout=dropout if layers > 1 else 0.0,
-        )
-        self.decoder = AttentionDecoderCell(
-            window // segment, hidden, len(self.out_channels) * segment, mark_dim * segment
-        )
+        self.encoder = nn.LSTM(in_dim * segment, hidden, num_layers=layers, batch_first=True,
+                               dropout=dropout if layers > 1 else 0.0)  # fmt: skip
+        self.decoder = AttentionDecoderCell(window // segment, hidden, len(out_channels) * segment)
 
-    def forward(
-        self,
-        x: torch.Tensor,  # [B, L, C]
-        x_mark: torch.Tensor | None = None,  # [B, L, F]
-        y_mark: torch.Tensor | None = None,  # [B, H, F] (future calendar, known in advance)
-        target: torch.Tensor | None = None,  # [B, H, out] teacher-forcing values (train only)
-    ) -> torch.Tensor:
-        """Returns [B, H, len(out_channels)] on the input's (global-normalised) scale."""
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, C] (target [B, H, out] for teacher forcing) -> forecast [B, H, out]."""
         if not self.channel_independent:
-            return self._rollout(x, x_mark, y_mark, target)
-        b, window, c = x.shape
+            return self._rollout(x, target)
+        b, _, c = x.shape
 
         def series(t: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> [B*C, T, 1]
             return t.transpose(1, 2).reshape(b * c, t.shape[1], 1)
 
-        def marks(t: torch.Tensor | None) -> torch.Tensor | None:  # row b*C + k: window b
-            return t.repeat_interleave(c, 0) if self.mark_dim else t
+        pred = self._rollout(series(x), None if target is None else series(target))
+        return pred.reshape(b, c, self.horizon).transpose(1, 2)
 
-        pred = self._rollout(
-            series(x), marks(x_mark), marks(y_mark), None if target is None else series(target)
-        )
-        return pred.reshape(b, c, self.horizon).transpose(1, 2)  # [B, H, C]
-
-    def _rollout(
-        self,
-        x: torch.Tensor,
-        x_mark: torch.Tensor | None,
-        y_mark: torch.Tensor | None,
-        target: torch.Tensor | None,
-    ) -> torch.Tensor:
-        level = None
+    def _rollout(self, x: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         if self.instance_norm == "last":
             level = x[:, -1:, :]
-        elif self.instance_norm == "mean":
-            level = x.mean(dim=1, keepdim=True)
-        if level is not None:
-            x = x - level
-            out_level = level.index_select(2, self.out_index)  # [B, 1, out]
-            if target is not None:
-                target = target - out_level
+            x, out_level = x - level, level.index_select(2, self.out_index)
+            target = None if target is None else target - out_level
         s = self.segment
 
-        def segments(t: torch.Tensor) -> torch.Tensor:  # [B, T, K] -> [B, T/S, S*K], time-major
+        def segments(t: torch.Tensor) -> torch.Tensor:  # [B, T, K] -> [B, T/S, S*K]
             return t.reshape(t.shape[0], t.shape[1] // s, s * t.shape[2])
 
-        enc_in = x if not self.mark_dim else torch.cat((x, x_mark), dim=2)
-        encoder_out, (h_n, c_n) = self.encoder(segments(enc_in))
+        encoder_out, (h_n, c_n) = self.encoder(segments(x))
         state = (h_n[-1], c_n[-1])  # the top layer's final (h, c) seeds the decoder
         y_prev = segments(x[:, -s:].index_select(2, self.out_index))[:, 0]  # last input segment
-        if target is not None:
-            target = segments(target)
-        if self.mark_dim:
-            y_mark = segments(y_mark)
         steps = self.horizon // s
-        # Teacher forcing only in training mode and only with targets: eval never sees the truth.
+        # Teacher forcing in training only: evaluation never sees the truth.
         use_truth = self.training and target is not None and self.teacher_forcing > 0
         if use_truth:
+            target = segments(target)
             coins = (torch.rand(steps) < self.teacher_forcing).tolist()
         outputs = []
         for t in range(steps):
             if use_truth and t > 0 and coins[t]:
-                # The TRUE previous value y_{t-1}; the notes fed y_t, the very step to predict.
-                y_prev = target[:, t - 1]
-            mark = y_mark[:, t] if self.mark_dim else None
-            y_prev, state = self.decoder(encoder_out, state, y_prev, mark)
+                y_prev = target[:, t - 1]  # the TRUE previous value (the notes fed y_t itself)
+            y_prev, state = self.decoder(encoder_out, state, y_prev)
             outputs.append(y_prev)
         pred = torch.stack(outputs, dim=1).reshape(x.shape[0], self.horizon, -1)
-        return pred if level is None else pred + out_level
+        return pred + out_level if self.instance_norm == "last" else pred
 
 
-def persistence_forecast(x: torch.Tensor, horizon: int, out_channels: list[int]) -> torch.Tensor:
-    """Repeat the last observed value over the horizon: [B, L, C] -> [B, H, out]."""
-    return x[:, -1:, out_channels].expand(-1, horizon, -1)
+def build_model(args, data: ETTData) -> Seq2Seq:
+    return Seq2Seq(len(data.columns), data.out_channels, args.window, args.horizon, args.hidden,
+                   args.layers, DROPOUT, args.teacher_forcing,
+                   None if args.instance_norm == "none" else args.instance_norm,
+                   args.channel_independent, args.segment)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
-# Training and evaluation
+# Evaluation
 # ----------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Windows:
-    """One split's windows held as contiguous tensors on the training device."""
-
     x: torch.Tensor  # [N, L, C]
     y: torch.Tensor  # [N, H, out]
-    x_mark: torch.Tensor  # [N, L, F]
-    y_mark: torch.Tensor  # [N, H, F]
 
     def __len__(self) -> int:
         return len(self.x)
 
-    def batch(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, ...]:
-        return self.x[index], self.y[index], self.x_mark[index], self.y_mark[index]
-
 
 def build_windows(split: Split, data: ETTData, window: int, horizon: int, device) -> Windows:
-    x, y, x_mark, y_mark = make_windows(split, window, 0, horizon)
-    y = y[:, :, data.out_channels]
-    return Windows(*(t.contiguous().to(device) for t in (x, y, x_mark, y_mark)))
+    x, y, _, _ = make_windows(split, window, 0, horizon)
+    return Windows(x.contiguous().to(device), y[:, :, data.out_channels].contiguous().to(device))
 
 
 @torch.no_grad()
-def predict_windows(model: Seq2Seq, windows: Windows, batch_size: int) -> torch.Tensor:
+def predict_windows(model: Seq2Seq, windows: Windows) -> torch.Tensor:
     model.eval()
-    preds = []
-    for start in range(0, len(windows), batch_size):
-        x, _, x_mark, y_mark = windows.batch(slice(start, start + batch_size))
-        preds.append(model(x, x_mark, y_mark))
+    preds = [model(windows.x[i : i + EVAL_BATCH]) for i in range(0, len(windows), EVAL_BATCH)]
     return torch.cat(preds).cpu()
 
 
-def error_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    err = pred.astype(np.float64) - true.astype(np.float64)
-    return {"mse": float(np.mean(err**2)), "mae": float(np.mean(np.abs(err)))}
+def persistence_forecast(x: torch.Tensor, horizon: int, out_channels: list[int]) -> torch.Tensor:
+    """The last observed value repeated over the horizon: [B, L, C] -> [B, H, out]."""
+    return x[:, -1:, out_channels].expand(-1, horizon, -1)
 
 
 def score(pred: np.ndarray, true: np.ndarray, data: ETTData) -> dict:
-    """The literature's metrics (normalised scale, all windows x steps x channels), plus the
-    target column in original units and the per-step MAE."""
-    out = error_metrics(pred, true)
+    """MSE/MAE on the normalised scale over windows x steps x channels (the literature's
+    metric), the target column alone (normalised and in original units) and MAE per step."""
+    err = pred.astype(np.float64) - true.astype(np.float64)
+    out = {"mse": float(np.mean(err**2)), "mae": float(np.mean(np.abs(err)))}
     if data.target_channel in data.out_channels:
-        k = data.out_channels.index(data.target_channel)
-        std = float(data.scaler.std[data.target_channel])
-        tgt = error_metrics(pred[..., k], true[..., k])
-        # Original units: the scaler is affine, so errors scale by std (the mean cancels).
-        out["target_mse_orig"] = tgt["mse"] * std**2
-        out["target_mae_orig"] = tgt["mae"] * std
-        out["target_mse"] = tgt["mse"]
-        out["target_mae"] = tgt["mae"]
-    out["mae_per_step"] = np.mean(np.abs(pred - true), axis=(0, 2)).astype(float).tolist()
+        e = err[..., data.out_channels.index(data.target_channel)]
+        std = float(data.scaler.std[data.target_channel])  # affine scaler: errors scale by std
+        out.update(target_mse=float(np.mean(e**2)), target_mae=float(np.mean(np.abs(e))))
+        out.update(target_mse_orig=out["target_mse"] * std**2,
+                   target_mae_orig=out["target_mae"] * std)  # fmt: skip
+    out["mae_per_step"] = np.mean(np.abs(err), axis=(0, 2)).tolist()
     return out
 
 
-def train_one_epoch(model, optimizer, train: Windows, args, epoch: int, generator) -> float:
-    model.train()
-    order = torch.randperm(len(train), generator=generator).to(train.x.device)
-    n_batches = (len(train) + args.batch_size - 1) // args.batch_size
-    if args.max_train_batches:
-        n_batches = min(n_batches, args.max_train_batches)
-    total, seen = 0.0, 0
-    tty = sys.stderr.isatty()
-    bar = tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not tty, leave=False)
-    for b in bar:
-        x, y, x_mark, y_mark = train.batch(order[b * args.batch_size : (b + 1) * args.batch_size])
-        pred = model(x, x_mark, y_mark, target=y)
-        loss = F.mse_loss(pred, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        optimizer.step()
-        total += loss.item() * len(x)
-        seen += len(x)
-        if tty:
-            bar.set_postfix(loss=f"{total / seen:.4f}")
-        elif (b + 1) % args.log_every == 0:
-            print(
-                f"epoch {epoch} batch {b + 1}/{n_batches} train_loss {total / seen:.4f}", flush=True
-            )
-    return total / max(seen, 1)
+def evaluate_test(model, data: ETTData, args, device, run_dir: Path) -> dict:
+    test = build_windows(data.test, data, args.window, args.horizon, device)
+    pred, true = predict_windows(model, test).numpy(), test.y.cpu().numpy()
+    np.save(run_dir / "pred.npy", pred)
+    np.save(run_dir / "true.npy", true)
+    metrics = score(pred, true, data)
+    base = score(persistence_forecast(test.x, args.horizon, data.out_channels).cpu().numpy(),
+                 true, data)  # fmt: skip
+    metrics["persistence"] = {k: v for k, v in base.items() if k != "mae_per_step"}
+    metrics["n_test_windows"] = len(test)
+    print(f"test ({len(test)} windows, H={args.horizon}, {args.features}): MSE "
+          f"{metrics['mse']:.4f} MAE {metrics['mae']:.4f} | persistence MSE {base['mse']:.4f} "
+          f"MAE {base['mae']:.4f}", flush=True)  # fmt: skip
+    if data.target_channel in data.out_channels:
+        plot_windows(pred, true, data, args.window, run_dir / "test_target.png")
+    return metrics
 
 
-# ----------------------------------------------------------------------------------------------
-# Plots and forecasts
-# ----------------------------------------------------------------------------------------------
-
-
-def to_original(values: np.ndarray, data: ETTData, channel: int) -> np.ndarray:
-    """Normalised values of one loaded channel -> original units."""
-    return values * data.scaler.std[channel] + data.scaler.mean[channel]
+def units(data: ETTData) -> str:
+    """ETT's OT is the oil temperature in °C; the load columns come without stated units."""
+    return "°C" if data.target == "OT" else "file units"
 
 
 def plot_loss_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train MSE (teacher forcing)")
-    ax.plot(epochs, [h["val_mse"] for h in history], "s-", label="validation MSE")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE (normalised)")
-    ax.set_title("seq2seq_etth loss curves")
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (teacher forcing)")
+    ax.plot(epochs, [h["val_mse"] for h in history], "s-", label="validation")
+    ax.set(xlabel="epoch", ylabel="MSE (normalised units²)", title="seq2seq_etth: loss per epoch")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -796,154 +764,92 @@ def plot_loss_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_windows(
-    pred, true, data: ETTData, split: Split, window: int, title: str, path: Path, n_full: int = 3
-) -> None:
-    """Target column in original units: the first forecast step of every window against the
-    truth (top), and a few whole windows (bottom)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_windows(pred, true, data: ETTData, window: int, path: Path, n_full: int = 3) -> None:
+    """The target in original units: the first forecast step of every test window against the
+    truth (top) and a few whole windows with their inputs (bottom)."""
     import matplotlib.pyplot as plt
 
-    k = data.out_channels.index(data.target_channel)
-    ch = data.target_channel
-    first_dates = split.dates[window : window + len(pred)]
+    k, ch, split = data.out_channels.index(data.target_channel), data.target_channel, data.test
+    orig = lambda v: v * data.scaler.std[ch] + data.scaler.mean[ch]  # noqa: E731
+    ylabel = f"{data.target} ({units(data)})"
     fig = plt.figure(figsize=(13, 7))
     grid = fig.add_gridspec(2, n_full)
     top = fig.add_subplot(grid[0, :])
-    top.plot(first_dates, to_original(true[:, 0, k], data, ch), lw=0.8, label="true")
-    top.plot(first_dates, to_original(pred[:, 0, k], data, ch), lw=0.8, label="predicted (step 1)")
-    top.set_title(f"{title}: {data.target}, first forecast step of every window")
-    top.set_ylabel(data.target)
+    dates = split.dates[window : window + len(pred)]
+    top.plot(dates, orig(true[:, 0, k]), lw=0.8, label="truth")
+    top.plot(dates, orig(pred[:, 0, k]), lw=0.8, label="forecast, first step")
+    top.set(title=f"test period: {data.target}, first forecast step of every window",
+            xlabel="date", ylabel=ylabel)  # fmt: skip
     top.legend()
     top.grid(alpha=0.3)
     horizon = pred.shape[1]
-    picks = np.linspace(0, len(pred) - 1, n_full).astype(int)
-    for j, i in enumerate(picks):
+    for j, i in enumerate(np.linspace(0, len(pred) - 1, n_full).astype(int)):
         ax = fig.add_subplot(grid[1, j])
-        t_hist = np.arange(-window + 1, 1)
-        t_fut = np.arange(1, horizon + 1)
-        ax.plot(
-            t_hist,
-            to_original(split.values[i : i + window, ch], data, ch),
-            color="gray",
-            lw=0.8,
-            label="input",
-        )
-        ax.plot(t_fut, to_original(true[i, :, k], data, ch), lw=1.0, label="truth")
-        ax.plot(t_fut, to_original(pred[i, :, k], data, ch), lw=1.5, ls="--", label="forecast")
-        ax.axvline(0.5, color="red", lw=0.8)
-        ax.set_title(
-            f"window {i} ({split.dates[i + window].strftime('%Y-%m-%d %H:%M')})", fontsize=9
-        )
-        ax.set_xlabel("step relative to forecast start")
+        ax.plot(np.arange(-window + 1, 1), orig(split.values[i : i + window, ch]), color="gray",
+                lw=0.8, label="input")  # fmt: skip
+        ax.plot(np.arange(1, horizon + 1), orig(true[i, :, k]), lw=1.0, label="truth")
+        ax.plot(np.arange(1, horizon + 1), orig(pred[i, :, k]), lw=1.5, ls="--", label="forecast")
+        ax.set(title=f"window starting {split.dates[i + window]:%Y-%m-%d %H:%M}",
+               xlabel=f"step after the forecast start ({data.freq})", ylabel=ylabel)  # fmt: skip
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        if j == 0:
-            ax.set_ylabel(data.target)
-            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 @torch.no_grad()
-def forecast_from_rows(
-    model: Seq2Seq,
-    rows: np.ndarray,
-    dates: pd.DatetimeIndex,
-    data: ETTData,
-    window: int,
-    horizon: int,
-    device,
-) -> np.ndarray:
-    """Forecast `horizon` steps after each window of original-unit `rows` ([B, L, C]) whose
-    last input dates are `dates` [B]; returns original units [B, H, out]."""
+def forecast_rows(model: Seq2Seq, rows: np.ndarray, data: ETTData, device) -> np.ndarray:
+    """Forecasts after each window of original-unit rows [B, L, C], in original units."""
     model.eval()
     x = torch.from_numpy(data.scaler.transform(rows).astype(np.float32)).to(device)
-    step = pd.tseries.frequencies.to_offset(data.freq)
-    x_mark = y_mark = None
-    if model.mark_dim:
-        x_marks, y_marks = [], []
-        for end in dates:
-            past = pd.date_range(end=end, periods=window, freq=step)
-            future = pd.date_range(start=end + step, periods=horizon, freq=step)
-            x_marks.append(time_features(past, data.freq))
-            y_marks.append(time_features(future, data.freq))
-        x_mark = torch.from_numpy(np.stack(x_marks)).to(device)
-        y_mark = torch.from_numpy(np.stack(y_marks)).to(device)
-    pred = model(x, x_mark, y_mark).cpu().numpy()
-    mean = data.scaler.mean[data.out_channels]
-    std = data.scaler.std[data.out_channels]
-    return pred * std + mean
+    pred = model(x).cpu().numpy()
+    return pred * data.scaler.std[data.out_channels] + data.scaler.mean[data.out_channels]
 
 
-def forecast_future(model, data: ETTData, args, device, run_dir: Path) -> pd.DataFrame:
-    """Forecast the `horizon` steps after the last row of the file (the notes' 'predict')."""
-    values = numeric_block(data.raw, data.columns, args.data)
-    if len(values) < args.window:
-        raise SystemExit(f"error: the file has fewer than --window={args.window} rows")
+def forecast_future(model, data: ETTData, args, device, run_dir: Path) -> None:
+    """The notes' 'predict': the `horizon` steps after the last row of the file."""
+    import matplotlib.pyplot as plt
+
+    values = numeric_block(data.raw, data.columns, Path(args.data))
     dates = pd.DatetimeIndex(data.raw["date"])
-    pred = forecast_from_rows(
-        model, values[None, -args.window :], dates[-1:], data, args.window, args.horizon, device
-    )[0]
+    pred = forecast_rows(model, values[None, -args.window :], data, device)[0]
     step = pd.tseries.frequencies.to_offset(data.freq)
     future = pd.date_range(start=dates[-1] + step, periods=args.horizon, freq=step)
     frame = pd.DataFrame({"date": future})
     for k, ch in enumerate(data.out_channels):
         frame[f"forecast_{data.columns[ch]}"] = pred[:, k]
     frame.to_csv(run_dir / "forecast.csv", index=False)
-    if not args.no_plots:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        k = data.out_channels.index(data.target_channel)
-        fig, ax = plt.subplots(figsize=(11, 4))
-        n_hist = 4 * args.window
-        ax.plot(dates[-n_hist:], values[-n_hist:, data.target_channel], label="history")
-        ax.plot(future, pred[:, k], "o-", ms=2, label=f"forecast ({args.horizon} steps)")
-        ax.axvline(dates[-1], color="red", lw=1)
-        ax.set_title(f"{data.target}: forecast past the end of {Path(str(args.data)).name}")
-        ax.set_ylabel(data.target)
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.autofmt_xdate()
-        fig.tight_layout()
-        fig.savefig(run_dir / "forecast.png", dpi=110)
-        plt.close(fig)
-    return frame
+    if data.target_channel not in data.out_channels:
+        return
+    fig, ax = plt.subplots(figsize=(11, 4))
+    n_hist = 4 * args.window
+    ax.plot(dates[-n_hist:], values[-n_hist:, data.target_channel], label="history")
+    ax.plot(future, pred[:, data.out_channels.index(data.target_channel)], "o-", ms=2,
+            label=f"forecast ({args.horizon} steps)")  # fmt: skip
+    ax.set(title=f"{data.target}: forecast past the end of {Path(args.data).name}",
+           xlabel="date", ylabel=f"{data.target} ({units(data)})")  # fmt: skip
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(run_dir / "forecast.png", dpi=110)
+    plt.close(fig)
 
 
-def rolling_forecast(model, data: ETTData, args, device, run_dir: Path) -> pd.DataFrame:
-    """The notes' rolling predict: forecast `horizon` steps, append the actual values of those
-    steps to the history, forecast again, until the evaluation rows run out. The rows come from
-    --rolling-data (a CSV continuing the file) or else the file's rows after the test period
-    (ETTh1: 3020 rows the benchmark leaves unused), or the test period when nothing follows."""
-    base = numeric_block(data.raw, data.columns, args.data)
-    base_dates = pd.DatetimeIndex(data.raw["date"])
-    if args.rolling_data:
-        extra_raw = read_ett_csv(Path(args.rolling_data))
-        missing = [c for c in data.columns if c not in extra_raw.columns]
-        if missing:
-            raise SystemExit(f"error: {args.rolling_data} lacks columns {missing}")
-        values = np.concatenate([base, numeric_block(extra_raw, data.columns, args.rolling_data)])
-        dates = base_dates.append(pd.DatetimeIndex(extra_raw["date"]))
-        start, source = len(base), str(args.rolling_data)
-    else:
-        values, dates = base, base_dates
-        test_end = data.borders["test"][1]
-        if len(base) - test_end >= args.horizon:
-            start, source = test_end, f"rows {test_end}..{len(base)} after the test period"
-        else:
-            start = data.borders["test"][0] + args.window
-            source = f"the test period (rows {start}..{len(base)})"
-    ends = list(range(start, len(values), args.horizon))  # first row of each forecast block
-    rows = np.stack([values[e - args.window : e] for e in ends])
-    pred = forecast_from_rows(
-        model, rows, dates[[e - 1 for e in ends]], data, args.window, args.horizon, device
-    )
+def rolling_forecast(model, data: ETTData, args, device, run_dir: Path) -> None:
+    """The notes' rolling predict: forecast `horizon` steps, append the actual values, forecast
+    again, over the rows after the test period (ETTh1: 3020 rows the benchmark leaves unused)
+    or, when nothing follows it, over the test period."""
+    import matplotlib.pyplot as plt
+
+    values = numeric_block(data.raw, data.columns, Path(args.data))
+    dates = pd.DatetimeIndex(data.raw["date"])
+    start = data.borders["test"][1]
+    if len(values) - start < args.horizon:
+        start = data.borders["test"][0] + args.window
+    ends = list(range(start, len(values), args.horizon))  # first row of each forecast
+    pred = forecast_rows(model, np.stack([values[e - args.window : e] for e in ends]), data, device)
     pred = pred.reshape(-1, len(data.out_channels))[: len(values) - start]
     frame = pd.DataFrame({"date": dates[start:]})
     for j, col in enumerate(data.columns):
@@ -951,273 +857,151 @@ def rolling_forecast(model, data: ETTData, args, device, run_dir: Path) -> pd.Da
     for k, ch in enumerate(data.out_channels):
         frame[f"forecast_{data.columns[ch]}"] = pred[:, k]
     frame.to_csv(run_dir / "rolling_forecast.csv", index=False)
-    print(f"rolling forecast over {source}: {len(ends)} forecasts of {args.horizon} steps")
-    if not args.no_plots:
-        import matplotlib
+    if data.target_channel not in data.out_channels:
+        return
+    fig, ax = plt.subplots(figsize=(12, 4))
+    ax.plot(frame["date"], frame[data.target], lw=0.8, label="actual")
+    ax.plot(frame["date"], frame[f"forecast_{data.target}"], lw=0.8, label="rolling forecast")
+    ax.set(title=f"rolling forecast of {data.target}, {args.horizon} steps at a time, "
+           f"from file row {start}", xlabel="date", ylabel=f"{data.target} ({units(data)})")  # fmt: skip
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(run_dir / "rolling_forecast.png", dpi=110)
+    plt.close(fig)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(12, 4))
-        n_hist = min(start, 4 * args.window)
-        ax.plot(
-            dates[start - n_hist : start],
-            values[start - n_hist : start, data.target_channel],
-            color="gray",
-            label="past actual",
-        )
-        ax.plot(frame["date"], frame[data.target], label="actual")
-        ax.plot(frame["date"], frame[f"forecast_{data.target}"], label="rolling forecast")
-        ax.axvline(dates[start], color="blue", ls="--")
-        ax.set_title(
-            f"rolling forecast of {data.target}, {args.horizon} steps at a time ({source})"
-        )
-        ax.set_ylabel(data.target)
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.autofmt_xdate()
-        fig.tight_layout()
-        fig.savefig(run_dir / "rolling_forecast.png", dpi=110)
-        plt.close(fig)
-    return frame
+# ----------------------------------------------------------------------------------------------
+# Train
+# ----------------------------------------------------------------------------------------------
+
+
+def train_one_epoch(model, optimizer, train: Windows, args, epoch: int, generator) -> float:
+    """One pass in a shuffled order drawn from `generator` (checkpointed with the run)."""
+    model.train()
+    order = torch.randperm(len(train), generator=generator).to(train.x.device)
+    n_batches = -(-len(train) // args.batch_size)
+    if args.max_train_batches:
+        n_batches = min(n_batches, args.max_train_batches)
+    total, seen = 0.0, 0
+    progress = Progress(n_batches, desc=f"epoch {epoch}")
+    for b in range(n_batches):
+        idx = order[b * args.batch_size : (b + 1) * args.batch_size]
+        x, y = train.x[idx], train.y[idx]
+        loss = F.mse_loss(model(x, target=y), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        optimizer.step()
+        total, seen = total + loss.item() * len(x), seen + len(x)
+        progress.update(1, f"train MSE {total / seen:.4f}")
+    progress.close()
+    return total / seen
 
 
 # ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
 
-MODEL_KEYS = (
-    "features",
-    "target",
-    "window",
-    "horizon",
-    "hidden",
-    "layers",
-    "dropout",
-    "teacher_forcing",
-    "instance_norm",
-    "time_features",
-    "channel_independent",
-    "segment",
-)
-# What a checkpoint written before a model key existed meant by it.
-MODEL_KEY_DEFAULTS = {"channel_independent": False, "segment": 1}
-
-
-def build_model(args, data: ETTData) -> Seq2Seq:
-    return Seq2Seq(
-        in_dim=len(data.columns),
-        out_channels=data.out_channels,
-        window=args.window,
-        horizon=args.horizon,
-        hidden=args.hidden,
-        layers=args.layers,
-        dropout=args.dropout,
-        teacher_forcing=args.teacher_forcing,
-        instance_norm=args.instance_norm,
-        mark_dim=data.train.marks.shape[1] if args.time_features else 0,
-        channel_independent=args.channel_independent,
-        segment=args.segment,
-    )
-
-
-def evaluate_test(model, data: ETTData, args, device, run_dir: Path) -> dict:
-    test = build_windows(data.test, data, args.window, args.horizon, device)
-    pred = predict_windows(model, test, args.eval_batch_size).numpy()
-    true = test.y.cpu().numpy()
-    np.save(run_dir / "pred.npy", pred)
-    np.save(run_dir / "true.npy", true)
-    metrics = score(pred, true, data)
-    persistence = persistence_forecast(test.x, args.horizon, data.out_channels).cpu().numpy()
-    base = score(persistence, true, data)
-    metrics["persistence"] = {k: v for k, v in base.items() if k != "mae_per_step"}
-    metrics["n_test_windows"] = len(test)
-    print(
-        f"test ({len(test)} windows, H={args.horizon}, {args.features}): "
-        f"MSE {metrics['mse']:.4f} MAE {metrics['mae']:.4f} | persistence MSE "
-        f"{base['mse']:.4f} MAE {base['mae']:.4f}"
-    )
-    if "target_mse_orig" in metrics:
-        print(
-            f"target {data.target} in original units: MSE {metrics['target_mse_orig']:.4f} "
-            f"MAE {metrics['target_mae_orig']:.4f}"
-        )
-    if not args.no_plots and data.target_channel in data.out_channels:
-        plot_windows(pred, true, data, data.test, args.window, "test", run_dir / "test_target.png")
-    return metrics
-
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = pick_device(args.device)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     ckpt = None
-    ckpt_path = args.checkpoint or args.resume
-    if ckpt_path:
-        if not Path(ckpt_path).is_file():
-            raise SystemExit(f"error: checkpoint {ckpt_path} not found")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        # The model's shape comes from the checkpoint, whatever the command line says.
-        saved = {**MODEL_KEY_DEFAULTS, **ckpt["config"]}
-        for key in MODEL_KEYS:
-            setattr(args, key, saved[key])
+    if args.resume is not None:  # the run's own settings win; only where it runs may change
+        ckpt = load_checkpoint(args.resume, version=CHECKPOINT_VERSION)
+        keep = {k: getattr(args, k) for k in ("device", "threads", "resume")}
+        vars(args).update({**ckpt["args"], **keep})
+    elif args.checkpoint is not None:  # the model comes from the checkpoint
+        ckpt = load_checkpoint(args.checkpoint, version=CHECKPOINT_VERSION, flag="--checkpoint")
+        vars(args).update({k: ckpt["args"][k] for k in MODEL_KEYS})
+    run_dir = resolve_run_dir(args)
+    set_threads(args.threads)
+    device = pick_device(args.device)
     seed_everything(args.seed)
-    if args.split == "notes":
-        print(
-            "NOTE: --split notes is the notes' 70/15/15 split, NOT the benchmark protocol; "
-            "its numbers are not comparable with the literature"
-        )
-    data = load_ett(args.data_root, args.data, args.features, args.target, args.window, args.split)
-    if ckpt is not None and ckpt.get("columns", data.columns) != data.columns:
-        raise SystemExit(
-            f"error: {ckpt_path} was trained on columns {ckpt['columns']}, but --data "
-            f"{args.data} with --features {args.features} gives {data.columns}"
-        )
-    run_dir = Path(args.out) / Path(__file__).stem / args.run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    data = load_ett(args.data_root, args.data, args.features, args.target, args.window)
     model = build_model(args, data).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    config = {
-        **vars(args),
-        "device_used": str(device),
-        "columns": data.columns,
-        "out_channels": data.out_channels,
-        "freq": data.freq,
-        "borders": data.borders,
-        "n_params": n_params,
-        "scaler_mean": data.scaler.mean.tolist(),
-        "scaler_std": data.scaler.std.tolist(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    print(
-        f"run folder {run_dir} | device {device} | {data.columns} -> "
-        f"{[data.columns[c] for c in data.out_channels]} | {n_params} parameters"
-    )
-
-    if args.eval_only or args.predict_only:
+    config = {k: v for k, v in vars(args).items() if k not in ("resume", "checkpoint")}
+    config.update(columns=data.columns, out_channels=data.out_channels, freq=data.freq,
+                  n_params=n_params, device_used=str(device),
+                  **{f"{k}_rows": list(v) for k, v in data.borders.items()})  # fmt: skip
+    if args.checkpoint is not None:
+        if ckpt["columns"] != data.columns:
+            raise UsageError(f"--checkpoint {args.checkpoint} was trained on columns "
+                             f"{ckpt['columns']}, this data gives {data.columns}")  # fmt: skip
+        open_run_dir(run_dir, {**config, "checkpoint": str(args.checkpoint)}, resume=False,
+                     overwrite=args.overwrite)  # fmt: skip
         model.load_state_dict(ckpt["best_model"])
-        if args.eval_only:
-            metrics = evaluate_test(model, data, args, device, run_dir)
-            metrics["checkpoint"] = str(args.checkpoint)
-            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        else:
-            forecast_future(model, data, args, device, run_dir)
-            rolling_forecast(model, data, args, device, run_dir)
+        metrics = evaluate_test(model, data, args, device, run_dir)
+        write_json(run_dir / "metrics.json", {**metrics, "checkpoint": str(args.checkpoint)})
+        forecast_future(model, data, args, device, run_dir)
+        rolling_forecast(model, data, args, device, run_dir)
         return
 
     train = build_windows(data.train, data, args.window, args.horizon, device)
     val = build_windows(data.val, data, args.window, args.horizon, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=LR_DECAY)
     generator = torch.Generator().manual_seed(args.seed)  # batch order
-    history: list[dict] = []
-    start_epoch, best_val, best_epoch, bad_epochs = 1, float("inf"), 0, 0
-    best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    train_seconds = 0.0
-    log_path = run_dir / "log.jsonl"
-    if ckpt is not None:  # --resume
+    state = {"epoch": 0, "best_val": float("inf"), "best_epoch": 0, "bad_epochs": 0,
+             "history": [], "train_seconds": 0.0}  # fmt: skip
+    best_model = {k: v.clone() for k, v in model.state_dict().items()}
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        generator.set_state(ckpt["rng"]["generator"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        np.random.set_state(ckpt["rng"]["numpy"])
-        random.setstate(ckpt["rng"]["python"])
-        best_state, best_val = ckpt["best_model"], ckpt["best_val"]
-        best_epoch, bad_epochs = ckpt["best_epoch"], ckpt["bad_epochs"]
-        history, train_seconds = ckpt["history"], ckpt["train_seconds"]
-        start_epoch = ckpt["epoch"] + 1
-        print(f"resumed from {args.resume} at epoch {start_epoch}")
-    print(f"windows: train {len(train)}, val {len(val)}; borders {data.borders}")
+        generator.set_state(ckpt["generator"])
+        set_rng_state(ckpt["rng"])
+        best_model, state = ckpt["best_model"], ckpt["state"]
+        print(f"resuming {run_dir} after epoch {state['epoch']}", flush=True)
+    open_run_dir(run_dir, config, resume=ckpt is not None, overwrite=args.overwrite)
+    print(f"run {run_dir} | {device} | {data.columns} -> "
+          f"{[data.columns[c] for c in data.out_channels]} | {n_params} parameters | windows: "
+          f"train {len(train)}, val {len(val)}", flush=True)  # fmt: skip
 
-    for epoch in range(start_epoch, args.epochs + 1):
-        if bad_epochs >= args.patience:
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+        if state["bad_epochs"] >= PATIENCE:
             break
-        t0 = time.time()
+        t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(model, optimizer, train, args, epoch, generator)
         scheduler.step()
-        val_pred = predict_windows(model, val, args.eval_batch_size)
-        val_mse = F.mse_loss(val_pred, val.y.cpu()).item()
-        train_seconds += time.time() - t0
-        if val_mse < best_val:
-            best_val, best_epoch, bad_epochs = val_mse, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        val_mse = F.mse_loss(predict_windows(model, val), val.y.cpu()).item()
+        seconds = time.perf_counter() - t0
+        if val_mse < state["best_val"]:  # early stopping keeps the best validation weights
+            state.update(best_val=val_mse, best_epoch=epoch, bad_epochs=0)
+            best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
-            bad_epochs += 1
-        record = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": train_loss,
-            "val_mse": val_mse,
-            "best_val": best_val,
-            "seconds": time.time() - t0,
-        }
-        history.append(record)
-        with log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(
-            f"epoch {epoch}/{args.epochs} train {train_loss:.4f} val {val_mse:.4f} "
-            f"(best {best_val:.4f} @ {best_epoch}) lr {lr:.2e} {record['seconds']:.1f}s",
-            flush=True,
-        )
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "best_model": best_state,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "best_val": best_val,
-                "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs,
-                "history": history,
-                "train_seconds": train_seconds,
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "numpy": np.random.get_state(),
-                    "python": random.getstate(),
-                    "generator": generator.get_state(),
-                },
-                "config": {k: getattr(args, k) for k in MODEL_KEYS},
-                "columns": data.columns,
-            },
-            run_dir / "checkpoint.pt",
-        )
-        if bad_epochs >= args.patience:
-            print(f"early stop: no validation improvement for {args.patience} epochs")
+            state["bad_epochs"] += 1
+        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_mse": val_mse,
+               "best_val": state["best_val"], "seconds": seconds}  # fmt: skip
+        state["history"].append(row)
+        state["epoch"], state["train_seconds"] = epoch, state["train_seconds"] + seconds
+        append_jsonl(run_dir / "log.jsonl", row)
+        print(f"epoch {epoch}/{args.epochs} train {train_loss:.4f} val {val_mse:.4f} (best "
+              f"{state['best_val']:.4f} @ {state['best_epoch']}) lr {lr:.2e} {seconds:.1f}s",
+              flush=True)  # fmt: skip
+        save_checkpoint(run_dir / "checkpoint.pt", {
+            "args": {k: v for k, v in vars(args).items() if k not in ("resume", "checkpoint")},
+            "model": model.state_dict(), "best_model": best_model,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(), "state": state, "columns": data.columns,
+        }, version=CHECKPOINT_VERSION)  # fmt: skip
 
-    # Early stopping restores the best validation weights before testing.
-    model.load_state_dict(best_state)
+    model.load_state_dict(best_model)
     metrics = evaluate_test(model, data, args, device, run_dir)
-    metrics.update(
-        best_epoch=best_epoch,
-        best_val_mse=best_val,
-        epochs_run=len(history),
-        train_seconds=train_seconds,
-        split=args.split,
-    )
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if not args.no_plots:
-        if history:
-            plot_loss_curves(history, run_dir / "loss_curves.png")
-        if data.target_channel in data.out_channels:
-            train_pred = predict_windows(model, train, args.eval_batch_size).numpy()
-            plot_windows(
-                train_pred,
-                train.y.cpu().numpy(),
-                data,
-                data.train,
-                args.window,
-                "inspect fit (training data)",
-                run_dir / "inspect_fit.png",
-            )
+    history = state["history"]
+    metrics.update(best_epoch=state["best_epoch"], best_val_mse=state["best_val"],
+                   epochs_run=len(history), train_seconds=state["train_seconds"],
+                   seconds_per_epoch=state["train_seconds"] / max(1, len(history)),
+                   n_params=n_params)  # fmt: skip
+    write_json(run_dir / "metrics.json", metrics)
+    plot_loss_curves(history, run_dir / "loss_curves.png")
     forecast_future(model, data, args, device, run_dir)
     rolling_forecast(model, data, args, device, run_dir)
-    print(f"done: {run_dir} (train {train_seconds:.0f}s)")
+    print(f"done: {run_dir} ({state['train_seconds']:.0f} s of training)", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -14,14 +14,14 @@ mode (forward, per-sample delays), for three implementations timed in one run:
   does, for context; the issue quotes the official code at about 81 / 62 ms on this CPU).
 
 Part 2, seconds per training epoch of the full model in the official code's ETTh1 layout at
-the issue's size (`--preset official-128`: d_model 128, d_ff 512, 2 encoder + 1 decoder layers,
+the issue's size (official-128: d_model 128, d_ff 512, 2 encoder + 1 decoder layers,
 dropout 0.05; batch 32, input 96, label 48, horizon 96: 265 steps on ETTh1's 8449 training
 windows), the configuration the official code's 77 s per epoch was measured with; timed
 with autoformer_decomp.train_epoch on real ETTh1 (synthetic ETT-shaped data if it is absent).
 
 Part 3 (optional, --compare-rounds N): training steps of that model, ours vs the same
-model (same weights) built the paper code's way (paper-code-style Auto-Correlation, nn.Dropout,
-pad + pool decomposition), interleaved in rounds so that a busy machine slows both alike.
+model (same weights) with the paper-code-style Auto-Correlation, interleaved in rounds so that
+a busy machine slows both alike.
 
 Commands (the full one takes a few minutes):
     python benchmarks/bench_autocorrelation.py --epoch-threads 2 1 \
@@ -49,6 +49,11 @@ sys.path.insert(0, str(REPO))
 
 import autoformer_decomp as af  # noqa: E402
 
+# Model layouts timed per epoch: official-128 is the paper's layout at d_model 128 / d_ff 512
+# (2 encoder + 1 decoder layers), the size the official code's 77 s per epoch was measured at.
+LAYOUTS = {"cpu": ["--preset", "cpu"], "paper": ["--preset", "paper"],
+           "official-128": ["--preset", "paper", "--d-model", "128", "--d-ff", "512"]}  # fmt: skip
+
 
 def per_channel_correlation(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Mean correlation [B, L] the long way: one inverse FFT per channel, then the mean."""
@@ -58,21 +63,19 @@ def per_channel_correlation(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def straightforward(q, k, v, top_k: int, training: bool) -> torch.Tensor:
-    corr = per_channel_correlation(q, k)[:, None]  # [B, 1, L]
+    corr = per_channel_correlation(q, k)  # [B, L]
     weights, delays = af.select_delays(corr, top_k, batch_shared=training)
     out = []
     for b in range(q.shape[0]):  # one roll per sample and per delay
         acc = torch.zeros_like(v[b])
         for i in range(top_k):
-            acc = acc + weights[b, 0, i] * torch.roll(v[b], -int(delays[b, 0, i]), dims=0)
+            acc = acc + weights[b, i] * torch.roll(v[b], -int(delays[b, i]), dims=0)
         out.append(acc)
     return torch.stack(out)
 
 
 def paper_code_style(q, k, v, top_k: int, training: bool) -> torch.Tensor:
-    corr = per_channel_correlation(q, k)[:, None]
-    weights, delays = af.select_delays(corr, top_k, batch_shared=training)
-    weights, delays = weights[:, 0], delays[:, 0]  # [B, k]
+    weights, delays = af.select_delays(per_channel_correlation(q, k), top_k, training)  # [B, k]
     out = torch.zeros_like(v)
     if training:  # delays shared by the batch: one roll of the whole batch per delay
         for i in range(top_k):
@@ -87,9 +90,9 @@ def paper_code_style(q, k, v, top_k: int, training: bool) -> torch.Tensor:
 
 
 def ours(q, k, v, top_k: int, training: bool) -> torch.Tensor:
-    corr = af.mean_autocorrelation(q, k, 1)
+    corr = af.mean_autocorrelation(q, k)
     weights, delays = af.select_delays(corr, top_k, batch_shared=training)
-    return af.time_delay_aggregation(v[:, None], weights, delays)[:, 0]
+    return af.time_delay_aggregation(v, weights, delays)
 
 
 def time_it(fn, repeats: int, warmup: int = 2) -> float:
@@ -144,12 +147,11 @@ def bench_autocorrelation(args) -> dict:
 def bench_epoch(args, precision: str = "float32") -> dict:
     """Seconds for one training epoch of the --epoch-preset model (train_epoch: steps only), with
     the script's --precision (float32, or bfloat16 autocast of the forward pass)."""
-    argv = ["--preset", args.epoch_preset, "--horizon", "96", "--data-root", args.data_root]
+    argv = [*LAYOUTS[args.epoch_preset], "--horizon", "96", "--data-root", args.data_root]
     argv += ["--precision", precision]
     if args.epoch_steps:
         argv += ["--max-steps-per-epoch", str(args.epoch_steps)]
     cfg = af.parse_args(argv)
-    cfg.log_every = 10**9  # no progress lines inside the timing
     root = Path(args.data_root)
     if not (root / "ETT-small" / "ETTh1.csv").is_file():
         sys.path.insert(0, str(REPO / "tests"))
@@ -159,18 +161,16 @@ def bench_epoch(args, precision: str = "float32") -> dict:
         write_tiny_ett(root / "ETT-small" / "ETTh1.csv")
         print(f"real ETTh1 not found; timing on synthetic ETT-shaped data in {root}")
     data = af.load_ett(root, "ETTh1", "M", "OT", cfg.seq_len)
-    windows = af.make_windows(data.train, cfg.seq_len, cfg.label_len, cfg.horizon)
+    windows = af.make_windows(data.train, cfg.seq_len, af.LABEL_LEN, cfg.horizon)
     torch.manual_seed(0)
     model = af.Autoformer(len(data.columns), data.train.marks.shape[1], cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     warm = af.parse_args([*argv, "--max-steps-per-epoch", "3"])
-    warm.log_every = 10**9
     cpu = torch.device("cpu")
     autocast_dtype = af.resolve_precision(precision, cpu)
-    af.train_epoch(model, optimizer, windows, data.out_channels, cfg.label_len, warm, cpu, 0,
-                   autocast_dtype)  # fmt: skip
-    stats = af.train_epoch(model, optimizer, windows, data.out_channels, cfg.label_len, cfg,
-                           cpu, 1, autocast_dtype)  # fmt: skip
+    af.train_epoch(model, optimizer, windows, data.out_channels, warm, cpu, 0, autocast_dtype)
+    stats = af.train_epoch(model, optimizer, windows, data.out_channels, cfg, cpu, 1,
+                           autocast_dtype)  # fmt: skip
     per_step = stats["train_seconds"] / stats["train_steps"]
     full_steps = -(-len(windows[0]) // cfg.batch_size)
     result = {"precision": precision, "steps_timed": stats["train_steps"],
@@ -200,28 +200,14 @@ class PaperStyleAutoCorrelation(torch.nn.Module):
         return layer.out(paper_code_style(q, k, v, top_k, self.training))
 
 
-class PoolDecomposition(torch.nn.Module):
-    def __init__(self, kernel_size: int):
-        super().__init__()
-        self.kernel_size = kernel_size
-
-    def forward(self, x):
-        trend = af.moving_average_pool(x, self.kernel_size)
-        return x - trend, trend
-
-
 def paper_style_model(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` (same weights) built the way the paper's code builds it: per-channel
-    correlation with roll/gather aggregation, nn.Dropout, pad + pool decomposition."""
+    """A copy of `model` (same weights) whose Auto-Correlation is built the way the paper's
+    code builds it: per-channel correlation with roll/gather aggregation."""
     model = copy.deepcopy(model)
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, af.AutoCorrelation):
                 setattr(module, name, PaperStyleAutoCorrelation(child))
-            elif isinstance(child, af.FastDropout):
-                setattr(module, name, torch.nn.Dropout(child.p))
-            elif isinstance(child, af.SeriesDecomposition):
-                setattr(module, name, PoolDecomposition(child.kernel_size))
     return model
 
 
@@ -229,7 +215,7 @@ def bench_epoch_compare(args) -> dict:
     """Training steps of the official-128 model, ours vs paper_style_model, interleaved in
     rounds on the same batches so that a busy machine slows both alike; the ratio is the
     robust number, seconds per epoch are extrapolated from seconds per step."""
-    cfg = af.parse_args(["--preset", "official-128", "--horizon", "96"])
+    cfg = af.parse_args([*LAYOUTS["official-128"], "--horizon", "96"])
     torch.manual_seed(0)
     n_windows, c_in, n_marks = 8449, 7, 4  # ETTh1 standard split, horizon 96: 265 steps
     ours_model = af.Autoformer(c_in, n_marks, cfg)
@@ -279,7 +265,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--epoch-steps", type=int, default=0, help="0: time a whole epoch")
     p.add_argument("--skip-epoch", action="store_true")
-    p.add_argument("--epoch-preset", choices=sorted(af.PRESETS), default="official-128",
+    p.add_argument("--epoch-preset", choices=sorted(LAYOUTS), default="official-128",
                    help="model timed per epoch: official-128 is the layout the official code's "
                    "77 s was measured with; cpu is autoformer_decomp.py's default")  # fmt: skip
     p.add_argument("--epoch-threads", type=int, nargs="+", default=[0],
