@@ -340,104 +340,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__[__doc__.index("Full run:") :],
                        allow_abbrev=False)  # fmt: skip
     add_common_args(p)
-    p.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="recipe",
-        help="recipe: the best measured; notes / classic: the study notes' two GANs",
-    )
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="passes of D over MNIST train (default: the preset's: 30, notes 200, classic 50)",
-    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="recipe",
+                   help="recipe: the best measured; notes / classic: the study notes' two GANs")  # fmt: skip
+    p.add_argument("--epochs", type=int, default=None,
+                   help="passes of D over MNIST train (default: the preset's: 30, notes 200, classic 50)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64, help="images per D update")
-    p.add_argument(
-        "--d-steps", type=int, default=1, help="k of Algorithm 1: D updates per G update"
-    )
-    p.add_argument(
-        "--g-loss",
-        choices=("nonsaturating", "minimax"),
-        default="nonsaturating",
-        help="G maximises log D(G(z)) (Sec. 3) or minimises log(1 - D(G(z))) (Eq. 1)",
-    )
-    p.add_argument(
-        "--recon-weight",
-        type=float,
-        default=None,
-        help="weight of the notes' L1 term |G(z) - x| in G's loss (default: the "
-        "preset's: 0.05, classic 0)",
-    )
-    p.add_argument(
-        "--r1-gamma",
-        type=float,
-        default=None,
-        help="R1 penalty gamma/2 E||grad_x D(x)||^2 on real images (Mescheder et al. "
-        "2018, Eq. 9); 0 turns it off (default: the preset's: recipe 0.1, else 0)",
-    )
-    p.add_argument(
-        "--r1-every",
-        type=int,
-        default=4,
-        help="R1 on every N-th D update with N times the weight (lazy regularisation, "
-        "Karras et al. 2020)",
-    )
-    p.add_argument(
-        "--ema-decay",
-        type=float,
-        default=None,
-        help="EMA of G's weights, used to draw images; 0: G's own weights (default: "
-        "the preset's: recipe 0.9999, else 0)",
-    )
-    p.add_argument(
-        "--sampler",
-        choices=("drs", "g"),
-        default=None,
-        help="how evaluations, the final grid and --generate draw images: drs keeps "
-        "or rejects G's samples by D's logit (Azadi et al. 2019), g is G alone "
-        "(default: the run's own; for training the preset's: recipe drs, else g)",
-    )
-    p.add_argument(
-        "--drs-percentile",
-        type=float,
-        default=80.0,
-        help="DRS's gamma is this percentile of F(x) over the burn-in samples; higher keeps fewer",
-    )
-    p.add_argument(
-        "--eval-every",
-        type=int,
-        default=0,
-        help="score the samples every N epochs; 0: at the end only",
-    )
+    p.add_argument("--d-steps", type=int, default=1, help="k of Algorithm 1: D updates per G update")  # fmt: skip
+    p.add_argument("--g-loss", choices=("nonsaturating", "minimax"), default="nonsaturating",
+                   help="G maximises log D(G(z)) (Sec. 3) or minimises log(1 - D(G(z))) (Eq. 1)")  # fmt: skip
+    p.add_argument("--recon-weight", type=float, default=None,
+                   help="weight of the notes' L1 term |G(z) - x| in G's loss (default: the "
+                        "preset's: 0.05, classic 0)")  # fmt: skip
+    p.add_argument("--r1-gamma", type=float, default=None,
+                   help="R1 penalty gamma/2 E||grad_x D(x)||^2 on real images (Mescheder et al. "
+                        "2018, Eq. 9); 0 turns it off (default: the preset's: recipe 0.1, else 0)")  # fmt: skip
+    p.add_argument("--r1-every", type=int, default=4,
+                   help="R1 on every N-th D update with N times the weight (lazy regularisation, "
+                        "Karras et al. 2020)")  # fmt: skip
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="EMA of G's weights, used to draw images; 0: G's own weights (default: "
+                        "the preset's: recipe 0.9999, else 0)")  # fmt: skip
+    p.add_argument("--sampler", choices=("drs", "g"), default=None,
+                   help="how evaluations, the final grid and --generate draw images: drs keeps "
+                        "or rejects G's samples by D's logit (Azadi et al. 2019), g is G alone "
+                        "(default: the run's own; for training the preset's: recipe drs, else g)")  # fmt: skip
+    p.add_argument("--drs-percentile", type=float, default=80.0,
+                   help="DRS's gamma is this percentile of F(x) over the burn-in samples; "
+                        "higher keeps fewer")  # fmt: skip
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="score the samples every N epochs; 0 (the default): at the end only")  # fmt: skip
     p.add_argument("--eval-samples", type=int, default=10_000, help="images per evaluation")
-    p.add_argument(
-        "--precision",
-        choices=("auto", "float32", "bfloat16"),
-        default="auto",
-        help="compute dtype of the Linear layers in training (weights, optimiser and "
-        "losses stay float32); auto: bfloat16 where the hardware has it natively",
-    )
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="the run to use with --generate or --eval-only",
-    )
-    p.add_argument(
-        "--generate",
-        type=int,
-        default=None,
-        metavar="N",
-        help="only draw N images from --checkpoint into --samples-out, no training",
-    )
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="compute dtype of the Linear layers in training (weights, optimiser and "
+                        "losses stay float32); auto: bfloat16 where the hardware has it natively")  # fmt: skip
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="the run to use with --generate or --eval-only")  # fmt: skip
+    p.add_argument("--generate", type=int, default=None, metavar="N",
+                   help="only draw N images from --checkpoint into --samples-out, no training")  # fmt: skip
     p.add_argument("--samples-out", type=Path, default=None, help=".npy file for --generate")
-    p.add_argument(
-        "--eval-only",
-        action="store_true",
-        help="only score --checkpoint (writes eval_only.json beside it)",
-    )
-    return p  # fmt: skip
+    p.add_argument("--eval-only", action="store_true",
+                   help="only score --checkpoint (writes eval_only.json beside it)")  # fmt: skip
+    return p
 
 
 def check_args(args: argparse.Namespace) -> None:
