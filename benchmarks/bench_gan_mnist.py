@@ -31,9 +31,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import REPO_ROOT, RESULTS_DIR, write_results  # noqa: E402
-
 import gan_mnist as gm  # noqa: E402
+from results import REPO_ROOT, RESULTS_DIR, write_results  # noqa: E402
 
 NAME = "gan_mnist_default"
 METRICS = {
