@@ -1,60 +1,54 @@
-"""An MLP GAN on MNIST that trains fast on a CPU, dumps sample grids and scores its own samples.
+"""An MLP GAN on MNIST that trains in minutes on a CPU and scores its own samples.
 
-Paper: Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014 (arXiv:1406.2661).
-G maps Gaussian noise z to a 28x28 image, D scores how "real" an image looks, and the two play
-the minimax game of Eq. 1,
+Paper: Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014 (arXiv:1406.2661). G maps
+Gaussian noise z to a 28x28 image, D scores how real an image looks, and the two play Eq. 1,
 
     min_G max_D  V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))],
 
-trained by alternating stochastic gradient steps (Algorithm 1): k discriminator updates, then one
-generator update. As the paper recommends (Sec. 3), G maximises log D(G(z)) instead of
-minimising log(1 - D(G(z))) (the "non-saturating" loss), which gives strong gradients early on.
+by alternating stochastic gradient steps (Algorithm 1: k D updates, then one G update), with G
+maximising log D(G(z)) (Sec. 3, the non-saturating loss).
 
-Two presets:
-  notes   (default) G: 96 -> 128 -> 256 -> 512 -> 1024 -> 784, BatchNorm1d + GELU after every
-          hidden Linear, Sigmoid output (pixels in [0, 1]); D: 784 -> 512 -> 256 -> 128 -> 64 ->
-          32 -> 1 with GELU; Adam(lr 3e-4, betas (0.4, 0.8), weight decay 1e-4); batch 64.
-  classic the PyTorch-GAN reference MLP: latent 100, G blocks Linear -> BatchNorm1d(eps 0.8) ->
-          LeakyReLU(0.2) (no BN on the first), Tanh output, data in [-1, 1]; D: 784 -> 512 -> 256
-          -> 1 with LeakyReLU(0.2); Adam(lr 2e-4, betas (0.5, 0.999)).
+Presets (docs/gan_mnist.md says what each measured):
+  recipe  (default) the notes' models and optimiser plus what measured better: an R1 penalty on
+          D (Mescheder et al. 2018), an EMA of G's weights, the learning rates falling linearly
+          to 0 over 30 epochs, and discriminator rejection sampling (Azadi et al. 2019) when
+          drawing images.
+  notes   the study notes' GAN as written: G 96-128-256-512-1024-784 (BatchNorm1d + GELU,
+          Sigmoid), D 784-512-256-128-64-32-1 (GELU), Adam(3e-4, betas (0.4, 0.8), weight decay
+          1e-4), batch 64, G's loss plus 0.05 |G(z) - x|, constant learning rate, 200 epochs.
+  classic the notes' PyTorch-GAN MLP: latent 100, LeakyReLU(0.2), BatchNorm1d(eps 0.8), Tanh,
+          data in [-1, 1], D 784-512-256-1, Adam(2e-4, betas (0.5, 0.999)), 50 epochs.
 
-Sample quality is measured with a small CNN digit classifier trained once on MNIST train (cached
-in <data-root>/cache/mnist_classifier.pt): FID between generated samples and the MNIST test set
-in the classifier's 128-d penultimate feature space (with the train-vs-test FID as the floor),
-the classifier Inception Score (max 10), and the fraction of samples per predicted digit.
+Quality is scored by a small CNN digit classifier trained once on MNIST train and cached in
+<data-root>/cache/: FID in its 128-d feature space against MNIST test (with the train-vs-test
+FID as the floor), the classifier Inception Score (at most 10) and the share of each digit.
 
-Speed on a CPU: MNIST sits in one tensor (batches by index, no per-sample PIL transforms), D
-scores real and fake in one pass, Adam is the fused kernel, and with --precision auto the Linear
-layers run in bfloat16 where the CPU/GPU has it natively (weights, optimizer and losses stay
-float32). Sampling uses an EMA of G's weights with per-batch BatchNorm statistics; with the notes
-preset, evaluations, the final grid and --generate then keep or reject each sample by the
-trained D's logit (discriminator rejection sampling, Azadi et al. 2019; --sampler g for G alone,
-the classic preset's default, which every evaluation scores too).
-
-Full run:   python gan_mnist.py     # notes preset, 30 epochs, LR falling linearly to 0 (~10 min on
-                                    # a quiet 2-core CPU with AVX512-BF16)
+Full run:   python gan_mnist.py                          # recipe, 30 epochs, ~10 min on 1 core
 Quick run:  python gan_mnist.py --epochs 1 --eval-samples 2000
-Quality at epochs 1, 5, ...:  python gan_mnist.py --eval-every 1
-Generate:   python gan_mnist.py --generate 1000 --checkpoint outputs/gan_mnist/RUN/checkpoint.pt \
-                --samples-out samples.npy          # uint8 array (N, 28, 28), no training
-Classifier: python gan_mnist.py --train-classifier-only   # (re)train the evaluation CNN alone
+The notes:  python gan_mnist.py --preset notes           # 200 epochs; add --epochs 30 for less
+Generate:   python gan_mnist.py --generate 1000 --checkpoint RUN/checkpoint.pt --samples-out s.npy
+Re-score:   python gan_mnist.py --eval-only --checkpoint RUN/checkpoint.pt
 
-Writes outputs/gan_mnist/<run-name>/: config.json, metrics.json, log.jsonl,
-samples/step_XXXXXXX.png (fixed-noise grids), samples_final.png, losses.png, checkpoint.pt.
+RUN is outputs/gan_mnist/<run-name>/; a run writes there config.json, metrics.json, log.jsonl, checkpoint.pt (each
+epoch), samples/epoch_XXX.png (fixed noise, one per epoch), samples_final.png, losses.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gzip
 import hashlib
+import io
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,294 +57,708 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+# ==================================================================== common block: begin
+# Identical in every script of the collection (tests/test_common_block.py checks it).
+# Contract: usage mistakes exit 2, data/runtime failures exit 1, each with one line on stderr
+# naming the flag or file; a run writes only into OUT/<script>/<run-name>/, which exists only
+# once the run has really started; checkpoints are atomic and name the script that wrote them.
+SCRIPT = Path(__file__).stem
+EXIT_RUNTIME, EXIT_USAGE = 1, 2
+
+
+class UsageError(Exception):
+    """A mistake on the command line (a flag, a --resume file): exit 2."""
+
+
+class RunError(Exception):
+    """A data or runtime failure (a missing or malformed dataset, a diverged run): exit 1."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's default shown once, after its help; flags whose default is None say in their
+    own help what they fall back to."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors become UsageError: one line on stderr, exit 2, no usage dump."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The flags that mean the same in every script."""
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to train; auto takes CUDA when present")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of every random number generator")
+    p.add_argument("--data-root", type=Path, default=Path("data"), help="folder with the datasets")
+    p.add_argument("--out", type=Path, default=Path("outputs"),
+                   help="runs are written to OUT/<script>/<run-name>/")  # fmt: skip
+    p.add_argument("--run-name", default=None,
+                   help="name of the run folder (default: the start time, YYYYmmdd-HHMMSS)")  # fmt: skip
+    p.add_argument("--resume", type=Path, default=None, metavar="CHECKPOINT",
+                   help="continue the run that wrote this checkpoint.pt, in its own folder")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run folder of the same --run-name")  # fmt: skip
+    # One thread measured fastest for these models on a 2-core machine that does anything else.
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch; 0: torch's own")
+
+
+def check_common_args(args: argparse.Namespace) -> None:
+    if args.threads < 0:
+        raise UsageError("--threads must be >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available here (use --device auto or cpu)")
+    if args.resume is not None and args.overwrite:
+        raise UsageError("--resume continues a run; it cannot be combined with --overwrite")
+    if args.resume is not None and not args.resume.is_file():
+        raise UsageError(f"--resume: no such file {args.resume}")
+    name = args.run_name
+    if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name):
+        raise UsageError(f"--run-name {name!r}: use a plain folder name")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def set_threads(n: int) -> None:
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_run_dir(args: argparse.Namespace) -> Path:
+    """The run's folder: the checkpoint's own with --resume, else OUT/<script>/<run-name>. A used
+    name is refused unless --overwrite. Nothing is created here: see open_run_dir."""
+    if args.resume is not None:
+        return args.resume.resolve().parent
+    if args.run_name is None:
+        args.run_name = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = args.out / SCRIPT / args.run_name
+    if run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
+        raise UsageError(
+            f"--run-name {args.run_name}: {run_dir} already holds a run "
+            "(--resume its checkpoint.pt to continue it, or --overwrite to replace it)"
+        )
+    return run_dir
+
+
+def open_run_dir(run_dir: Path, config: dict, *, resume: bool, overwrite: bool) -> None:
+    """Create the run folder once data and model are ready (so a failed start leaves none) and
+    write config.json: one flat object of plain values."""
+    for key, value in config.items():
+        if isinstance(value, tuple):
+            config[key] = value = list(value)
+        if isinstance(value, Path):
+            config[key] = value = str(value)
+        ok = value is None or isinstance(value, (str, int, float, bool))
+        ok = ok or (
+            isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value)
+        )
+        if not ok:
+            raise TypeError(f"config.json must stay flat: {key} is {type(value).__name__}")
+    if overwrite and not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config)
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic: readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def save_checkpoint(path: Path, state: dict, *, version: int) -> None:
+    """Atomic (write, fsync, rename): a kill at any moment leaves the previous checkpoint whole.
+    Records the script and its checkpoint version, and every RNG state."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"script": SCRIPT, "version": version, "rng": rng_state(), **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, *, version: int, flag: str = "--resume") -> dict:
+    """A checkpoint of this script and version, or a UsageError naming the file."""
+    if not Path(path).is_file():
+        raise UsageError(f"{flag}: no such file {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torn, truncated or not a torch file at all
+        raise UsageError(
+            f"{flag}: {path} is not a readable checkpoint ({type(exc).__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
+        writer = ckpt.get("script") if isinstance(ckpt, dict) else None
+        raise UsageError(
+            f"{flag}: {path} was written by {writer or 'something else'}, not {SCRIPT}"
+        )
+    if ckpt.get("version") != version:
+        raise UsageError(
+            f"{flag}: {path} has checkpoint version {ckpt.get('version')}; "
+            f"this {SCRIPT}.py reads version {version}"
+        )
+    return ckpt
+
+
+def require_files(root: Path, files: list[str], how: str) -> None:
+    """RunError naming the first missing dataset file and how to get it. Explains the common
+    trap: `ln -s /somewhere/MNIST data/MNIST` into an existing folder makes data/MNIST/MNIST."""
+    for rel in files:
+        path = root / rel
+        if path.is_file():
+            continue
+        top = root / Path(rel).parts[0]
+        nested = top / Path(rel).parts[0]
+        if nested.exists():
+            raise RunError(
+                f"{path} is missing but {nested} exists: the link was made inside an existing "
+                f"folder; remove {top} and link again"
+            )
+        raise RunError(f"{path} is missing; {how}")
+
+
+def remove_empty_dirs(path: Path, stop: Path) -> None:
+    """Undo the folders a failed download made, up to (not including) `stop`."""
+    path, stop = path.resolve(), stop.resolve()
+    while path != stop and stop in path.parents and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
+
+
+class Progress:
+    """tqdm on a terminal; elsewhere (cron, logs, CI) a plain line at most every `every_s`."""
+
+    def __init__(self, total: int, initial: int = 0, desc: str = SCRIPT, every_s: float = 30.0):
+        self.total, self.n, self.desc, self.every_s = total, initial, desc, every_s
+        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, desc=desc) if self.tty else None
+        self.last_print = time.monotonic()
+
+    def update(self, n: int = 1, msg: str = "") -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if msg:
+                self.bar.set_postfix_str(msg, refresh=False)
+        elif time.monotonic() - self.last_print >= self.every_s or self.n >= self.total:
+            self.last_print = time.monotonic()
+            print(f"{self.desc} {self.n}/{self.total} {msg}".rstrip(), flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_cli(main, argv: list[str] | None = None) -> int:
+    """main(argv) with the exit-code contract: 0 done, 1 RunError, 2 UsageError."""
+    try:
+        main(argv)
+    except UsageError as exc:
+        print(f"{SCRIPT}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RunError as exc:
+        print(f"{SCRIPT}: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
+
+
+# ==================================================================== common block: end
+
+# -------------------------------------------------------------------------------------- config
+
+CHECKPOINT_VERSION = 3
+
+# Each preset fixes the models, the optimiser and the training recipe; --epochs, --recon-weight,
+# --r1-gamma, --ema-decay and --sampler override the preset's value when given.
+PRESETS = {
+    "recipe": dict(arch="notes", latent_dim=96, lr=3e-4, betas=(0.4, 0.8), weight_decay=1e-4,
+                   epochs=30, recon_weight=0.05, r1_gamma=0.1, ema_decay=0.9999,
+                   lr_decay="linear", sampler="drs"),
+    "notes": dict(arch="notes", latent_dim=96, lr=3e-4, betas=(0.4, 0.8), weight_decay=1e-4,
+                  epochs=200, recon_weight=0.05, r1_gamma=0.0, ema_decay=0.0,
+                  lr_decay="none", sampler="g"),
+    "classic": dict(arch="classic", latent_dim=100, lr=2e-4, betas=(0.5, 0.999), weight_decay=0.0,
+                    epochs=50, recon_weight=0.0, r1_gamma=0.0, ema_decay=0.0,
+                    lr_decay="none", sampler="g"),
+}  # fmt: skip
+OVERRIDABLE = ("epochs", "recon_weight", "r1_gamma", "ema_decay", "sampler")
+# Flags that shape the training: with --resume they come from the checkpoint and may not be given.
+TRAINING_FLAGS = ("preset", "epochs", "batch_size", "d_steps", "g_loss", "recon_weight",
+                  "r1_gamma", "r1_every", "ema_decay", "sampler", "drs_percentile",
+                  "eval_every", "eval_samples", "precision", "seed")  # fmt: skip
+
+DRS_BURN_IN = 10_000  # G samples D scores first, to fix DRS's largest logit and gamma
+LOG_EVERY = 100  # steps between log.jsonl rows
+# The evaluation classifier: changing anything here (or the training data) invalidates the cache.
+CLASSIFIER_CONFIG = dict(version=3, seed=1234, epochs=3, batch_size=128, lr=3e-3, feature_dim=128)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__[__doc__.index("Full run:") :],
+                       allow_abbrev=False)  # fmt: skip
+    add_common_args(p)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="recipe",
+                   help="recipe: the best measured; notes / classic: the study notes' two GANs")  # fmt: skip
+    p.add_argument("--epochs", type=int, default=None,
+                   help="passes of D over MNIST train (default: the preset's: 30, notes 200, classic 50)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=64, help="images per D update")
+    p.add_argument("--d-steps", type=int, default=1, help="k of Algorithm 1: D updates per G update")  # fmt: skip
+    p.add_argument("--g-loss", choices=("nonsaturating", "minimax"), default="nonsaturating",
+                   help="G maximises log D(G(z)) (Sec. 3) or minimises log(1 - D(G(z))) (Eq. 1)")  # fmt: skip
+    p.add_argument("--recon-weight", type=float, default=None,
+                   help="weight of the notes' L1 term |G(z) - x| in G's loss (default: the "
+                        "preset's: 0.05, classic 0)")  # fmt: skip
+    p.add_argument("--r1-gamma", type=float, default=None,
+                   help="R1 penalty gamma/2 E||grad_x D(x)||^2 on real images (Mescheder et al. "
+                        "2018, Eq. 9); 0 turns it off (default: the preset's: recipe 0.1, else 0)")  # fmt: skip
+    p.add_argument("--r1-every", type=int, default=4,
+                   help="R1 on every N-th D update with N times the weight (lazy regularisation, "
+                        "Karras et al. 2020)")  # fmt: skip
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="EMA of G's weights, used to draw images; 0: G's own weights (default: "
+                        "the preset's: recipe 0.9999, else 0)")  # fmt: skip
+    p.add_argument("--sampler", choices=("drs", "g"), default=None,
+                   help="how evaluations, the final grid and --generate draw images: drs keeps "
+                        "or rejects G's samples by D's logit (Azadi et al. 2019), g is G alone "
+                        "(default: the run's own; for training the preset's: recipe drs, else g)")  # fmt: skip
+    p.add_argument("--drs-percentile", type=float, default=80.0,
+                   help="DRS's gamma is this percentile of F(x) over the burn-in samples; "
+                        "higher keeps fewer")  # fmt: skip
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="score the samples every N epochs; 0 (the default): at the end only")  # fmt: skip
+    p.add_argument("--eval-samples", type=int, default=10_000, help="images per evaluation")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="compute dtype of the Linear layers in training (weights, optimiser and "
+                        "losses stay float32); auto: bfloat16 where the hardware has it natively")  # fmt: skip
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="the run to use with --generate or --eval-only")  # fmt: skip
+    p.add_argument("--generate", type=int, default=None, metavar="N",
+                   help="only draw N images from --checkpoint into --samples-out, no training")  # fmt: skip
+    p.add_argument("--samples-out", type=Path, default=None, help=".npy file for --generate")
+    p.add_argument("--eval-only", action="store_true",
+                   help="only score --checkpoint (writes eval_only.json beside it)")  # fmt: skip
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Script-specific usage errors, before any work is done (exit 2)."""
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError("--epochs must be >= 1")
+    if args.batch_size < 2:
+        raise UsageError("--batch-size must be >= 2 (BatchNorm needs two samples per batch)")
+    if args.d_steps < 1:
+        raise UsageError("--d-steps must be >= 1 (Algorithm 1 needs one D update per G update)")
+    for flag in ("recon_weight", "r1_gamma"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 0")
+    if args.r1_every < 1:
+        raise UsageError("--r1-every must be >= 1")
+    if args.ema_decay is not None and not 0.0 <= args.ema_decay < 1.0:
+        raise UsageError("--ema-decay must be in [0, 1)")
+    if not 0.0 <= args.drs_percentile < 100.0:
+        raise UsageError("--drs-percentile must be in [0, 100)")
+    if args.eval_every < 0:
+        raise UsageError("--eval-every must be >= 0")
+    if args.eval_samples < 10:
+        raise UsageError("--eval-samples must be >= 10 (the Inception Score uses 10 splits)")
+    if args.generate is not None and args.eval_only:
+        raise UsageError("--generate and --eval-only are separate modes: use one")
+    if args.generate is not None or args.eval_only:
+        mode = "--generate" if args.generate is not None else "--eval-only"
+        if args.generate is not None and args.generate < 1:
+            raise UsageError("--generate N needs N >= 1")
+        if args.checkpoint is None:
+            raise UsageError(f"{mode} needs --checkpoint PATH")
+        if args.generate is not None and args.samples_out is None:
+            raise UsageError("--generate needs --samples-out FILE.npy")
+        if args.resume is not None:
+            raise UsageError(f"{mode} reads --checkpoint; --resume is for training")
+    elif args.checkpoint is not None or args.samples_out is not None:
+        raise UsageError("--checkpoint is only used with --generate or --eval-only, "
+                         "--samples-out only with --generate")  # fmt: skip
+    if args.samples_out is not None and args.eval_only:
+        raise UsageError("--samples-out is only used with --generate")
+    if args.resume is not None:
+        # The checkpoint carries the run's settings; a different one here would silently fork it.
+        given = args.given
+        clash = sorted(f"--{f.replace('_', '-')}" for f in TRAINING_FLAGS
+                       if f"--{f.replace('_', '-')}" in given)  # fmt: skip
+        if clash:
+            raise UsageError(f"--resume continues a run with its own settings; drop {clash[0]}")
+
+
+# ---------------------------------------------------------------------------------------- data
+
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-
-# The two architectures/optimisers of the source notes. `recon_weight` (the L1 term), `r1_gamma`
-# (the R1 penalty on D, not in the notes) and `sampler` (rejection sampling by D, not in the
-# notes) are defaults of flags; for `notes` they were chosen by measured sample quality (see
-# README); `classic` stays the reference script (DRS measured worse there: its D has no R1).
-PRESETS = {
-    "notes": dict(
-        latent_dim=96,
-        lr=3e-4,
-        betas=(0.4, 0.8),
-        weight_decay=1e-4,
-        pixel_range="01",
-        recon_weight=0.05,
-        r1_gamma=0.1,
-        sampler="drs",
-    ),
-    "classic": dict(
-        latent_dim=100,
-        lr=2e-4,
-        betas=(0.5, 0.999),
-        weight_decay=0.0,
-        pixel_range="pm1",
-        recon_weight=0.0,
-        r1_gamma=0.0,
-        sampler="g",
-    ),
+# MD5 of the published files, plain and gzipped (the .gz ones are torchvision's). Files of the
+# full size are checked against them; smaller ones (subsets, test fixtures) by their header.
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
-
-# The evaluation classifier: changing anything here (or the training data) invalidates the cache.
-CLASSIFIER_CONFIG = dict(version=2, seed=1234, epochs=3, batch_size=128, lr=3e-3, feature_dim=128)
+MNIST_SIZES = {"train": 60_000, "t10k": 10_000}
 
 
-# --------------------------------------------------------------------------------------------
-# Config
-# --------------------------------------------------------------------------------------------
+def read_idx(path: Path) -> np.ndarray:
+    """A uint8 idx file (magic: two zero bytes, type 0x08, ndim; big-endian dims), its size
+    checked against its header, and against the published MD5 when it has MNIST's full size."""
+    raw = path.read_bytes()
+    data = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise RunError(f"{path} is not a uint8 idx file (bad magic number)")
+    ndim = data[3]
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    if len(data) - offset != math.prod(dims):
+        raise RunError(f"{path} has {len(data) - offset} data bytes but its header says {dims}")
+    full = MNIST_SIZES.get(path.name.split("-")[0])
+    if dims and dims[0] == full and path.name in MNIST_MD5:
+        if hashlib.md5(raw).hexdigest() != MNIST_MD5[path.name]:
+            raise RunError(f"{path} has MNIST's size but not its checksum: download it again")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="MLP GAN on MNIST with built-in FID / Inception Score evaluation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="notes")
-    p.add_argument("--epochs", type=int, default=30, help="passes of D over the training set")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument(
-        "--d-steps", type=int, default=1, help="k of Algorithm 1: D updates per G update"
-    )
-    p.add_argument(
-        "--g-loss",
-        choices=["nonsaturating", "minimax"],
-        default="nonsaturating",
-        help="G maximises log D(G(z)) (Sec. 3) or minimises log(1 - D(G(z))) (Eq. 1)",
-    )
-    p.add_argument(
-        "--recon-weight",
-        type=float,
-        default=None,
-        help="weight of the notes' L1 term |G(z) - x| in G's loss (default: the preset's)",
-    )
-    p.add_argument(
-        "--recon-decay",
-        choices=["none", "linear"],
-        default="none",
-        help="linear: the L1 term's weight falls linearly to 0 over the planned --epochs",
-    )
-    p.add_argument(
-        "--d-dropout",
-        type=float,
-        default=0.0,
-        help="dropout after every hidden activation of D (Goodfellow et al. 2014, Sec. 5, "
-        "trained D with dropout); 0 disables it",
-    )
-    p.add_argument(
-        "--real-label",
-        type=float,
-        default=1.0,
-        help="D's target for real images; < 1 is one-sided label smoothing (Salimans et al. "
-        "2016, Sec. 3.4); fakes always get 0",
-    )
-    p.add_argument(
-        "--r1-gamma",
-        type=float,
-        default=None,
-        help="R1 penalty gamma/2 * E||grad_x D(x)||^2 on real images (Mescheder et al. 2018, "
-        "Eq. 9), added to D's loss; 0 disables it (default: the preset's, notes 0.1, classic 0)",
-    )
-    p.add_argument(
-        "--r1-every",
-        type=int,
-        default=4,
-        help="apply R1 on every N-th D update, scaled by N (lazy regularisation, Karras et al. "
-        "2020, Sec. 3.1): the same penalty on average at 1/N of its cost",
-    )
-    p.add_argument(
-        "--r1-pass",
-        choices=["shared", "separate"],
-        default="separate",
-        help="shared: R1's gradient comes from D's own pass over [real; fake] (one forward less, "
-        "the double backward in --precision's dtype); separate: an extra float32 pass",
-    )
-    p.add_argument(
-        "--lr-decay",
-        choices=["none", "linear"],
-        default="linear",
-        help="linear: both learning rates fall linearly to 0 over the planned --epochs (a "
-        "resumed run plans over the --epochs given on its command line)",
-    )
-    p.add_argument(
-        "--d-lr-scale",
-        type=float,
-        default=1.0,
-        help="D's learning rate = the preset's lr times this (two time-scale update rule, "
-        "Heusel et al. 2017); G keeps the preset's lr",
-    )
-    p.add_argument(
-        "--top-k",
-        type=float,
-        default=1.0,
-        help="smallest fraction nu of each fake batch that G's adversarial loss uses: only the k "
-        "samples D rates most real count, k = batch * max(nu, decay^epoch) (Sinha et al. 2020, "
-        "top-k training); 1 uses every sample",
-    )
-    p.add_argument(
-        "--top-k-decay", type=float, default=0.99, help="per-epoch decay of the top-k fraction"
-    )
-    p.add_argument(
-        "--ema-decay",
-        type=float,
-        default=0.9999,
-        help="EMA of G's weights used for sampling and evaluation; 0 disables it",
-    )
-    p.add_argument(
-        "--sample-bn",
-        choices=["batch", "running"],
-        default="batch",
-        help="BatchNorm statistics when sampling: per-batch (as in training) or running averages",
-    )
-    p.add_argument(
-        "--sampler",
-        choices=["drs", "g"],
-        default=None,
-        help="how evaluations, the final grid and --generate draw images: drs = G's samples kept "
-        "or rejected by the trained D (discriminator rejection sampling, Azadi et al. 2019); "
-        "g = G alone. Default: the run's own (with --resume, --generate, --eval-only), else the "
-        "preset's (notes drs, classic g). The fixed-noise progress grids always show G alone; "
-        "every evaluation scores G alone too",
-    )
-    p.add_argument(
-        "--drs-percentile",
-        type=float,
-        default=80.0,
-        help="DRS's gamma is this percentile of F(x) over the burn-in samples: a sample there is "
-        "kept with probability 1/2; higher keeps fewer",
-    )
-    p.add_argument(
-        "--drs-burn-in",
-        type=int,
-        default=10000,
-        help="G samples that D scores first, to fix DRS's maximum logit and gamma",
-    )
-    p.add_argument("--sample-every", type=int, default=1000, help="fixed-noise grid every N steps")
-    p.add_argument("--log-every", type=int, default=100, help="log line every N steps")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: at end)")
-    p.add_argument(
-        "--eval-samples", type=int, default=10000, help="generated samples per evaluation"
-    )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument(
-        "--precision",
-        choices=["auto", "float32", "bfloat16"],
-        default="auto",
-        help="compute dtype of G's and D's Linear layers in training (autocast; weights, "
-        "optimizer state, losses and evaluation stay float32). auto: bfloat16 where the "
-        "hardware has it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else float32",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads; 1 avoids OpenMP spin-wait thrashing on a busy 2-core machine",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", type=Path, default=Path("data"))
-    p.add_argument("--out", type=Path, default=Path("outputs"))
-    p.add_argument("--run-name", default=None, help="default: a timestamp YYYYmmdd-HHMMSS")
-    p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint.pt")
-    p.add_argument("--generate", type=int, default=None, metavar="N", help="only write N samples")
-    p.add_argument(
-        "--checkpoint", type=Path, default=None, help="checkpoint for --generate / --eval-only"
-    )
-    p.add_argument(
-        "--eval-only",
-        action="store_true",
-        help="score --checkpoint's generators (--eval-samples samples, raw and EMA weights), "
-        "print and write eval_only.json beside it, without training",
-    )
-    p.add_argument("--samples-out", type=Path, default=None, help=".npy file for --generate")
-    p.add_argument(
-        "--train-classifier-only",
-        action="store_true",
-        help="(re)train the evaluation classifier, report its test accuracy and exit",
-    )
-    return p
+def find_mnist_files(raw: Path) -> tuple[dict[str, Path], list[str]]:
+    """The idx files found (plain preferred over .gz) and the names of those missing."""
+    found, missing = {}, []
+    for key, name in MNIST_FILES.items():
+        for candidate in (raw / name, raw / f"{name}.gz"):
+            if candidate.is_file():
+                found[key] = candidate
+                break
+        else:
+            missing.append(name)
+    return found, missing
 
 
-def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Reject impossible settings before any work is done (exit code 2)."""
-    if args.d_steps < 1:
-        parser.error(
-            "--d-steps must be >= 1 (Algorithm 1 needs at least one D update per G update)"
-        )
-    if args.batch_size < 2:
-        parser.error("--batch-size must be >= 2 (BatchNorm needs more than one sample per batch)")
-    if args.epochs < 1:
-        parser.error("--epochs must be >= 1")
-    if not 0.0 <= args.d_dropout < 1.0:
-        parser.error("--d-dropout must be in [0, 1)")
-    if not 0.5 < args.real_label <= 1.0:
-        parser.error("--real-label must be in (0.5, 1] (0.5 or less tells D nothing)")
-    if not 0.0 <= args.ema_decay < 1.0:
-        parser.error("--ema-decay must be in [0, 1)")
-    if args.recon_weight is not None and args.recon_weight < 0:
-        parser.error("--recon-weight must be >= 0")
-    if args.r1_gamma is not None and args.r1_gamma < 0:
-        parser.error("--r1-gamma must be >= 0")
-    if args.r1_every < 1:
-        parser.error("--r1-every must be >= 1")
-    if args.d_lr_scale <= 0:
-        parser.error("--d-lr-scale must be > 0")
-    if not 0.0 < args.top_k <= 1.0:
-        parser.error("--top-k must be in (0, 1] (the fraction of each fake batch G learns from)")
-    if not 0.0 < args.top_k_decay <= 1.0:
-        parser.error("--top-k-decay must be in (0, 1]")
-    if not 0.0 <= args.drs_percentile < 100.0:
-        parser.error("--drs-percentile must be in [0, 100) (at 100 DRS would keep almost nothing)")
-    if args.drs_burn_in < 1:
-        parser.error("--drs-burn-in must be >= 1")
-    if args.eval_samples < 10:
-        parser.error("--eval-samples must be >= 10 (the Inception Score uses 10 splits)")
-    for name in ("sample_every", "log_every"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.threads < 1:
-        parser.error("--threads must be >= 1")
-    if args.eval_every < 0:
-        parser.error("--eval-every must be >= 0")
-    if args.generate is not None:
-        if args.eval_only:
-            parser.error("--generate and --eval-only are separate modes: use one")
-        if args.generate < 1:
-            parser.error("--generate N needs N >= 1")
-        if args.checkpoint is None or args.samples_out is None:
-            parser.error("--generate needs --checkpoint PATH and --samples-out FILE.npy")
-        if not args.checkpoint.is_file():
-            parser.error(f"--checkpoint {args.checkpoint} does not exist")
-    elif args.eval_only:
-        if args.checkpoint is None:
-            parser.error("--eval-only needs --checkpoint PATH")
-        if not args.checkpoint.is_file():
-            parser.error(f"--checkpoint {args.checkpoint} does not exist")
-        if args.samples_out is not None:
-            parser.error("--samples-out is only used with --generate N")
-    elif args.checkpoint is not None or args.samples_out is not None:
-        parser.error(
-            "--checkpoint is only used with --generate N or --eval-only, --samples-out "
-            "only with --generate N"
-        )
-    if args.resume is not None and not args.resume.is_file():
-        parser.error(f"--resume {args.resume} does not exist")
+def load_mnist(data_root: Path) -> dict[str, np.ndarray]:
+    """MNIST as uint8 arrays: images (N, 28, 28) and labels (N,) for train and test.
+
+    Missing files: one try of torchvision's download (quietly), then a RunError naming them.
+    A failed download leaves no empty folders behind."""
+    raw = data_root / "MNIST" / "raw"
+    found, missing = find_mnist_files(raw)
+    if missing and not (data_root / "MNIST" / "MNIST").exists():
+        root_existed = data_root.exists()
+        print(f"MNIST not in {raw}; trying torchvision's download ...", flush=True)
+        try:
+            import torchvision
+
+            with (
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):
+                for train in (True, False):
+                    torchvision.datasets.MNIST(str(data_root), train=train, download=True)
+        except Exception as exc:  # noqa: BLE001 - offline, read-only folder, ...: say what to do
+            print(f"download failed ({type(exc).__name__})", flush=True)
+        remove_empty_dirs(raw, data_root)
+        if not root_existed and data_root.is_dir() and not any(data_root.iterdir()):
+            data_root.rmdir()
+        found, missing = find_mnist_files(raw)
+    if missing:
+        # Names the first file, or explains a link made inside an existing folder.
+        how = (f"put the idx files {', '.join(missing)} (or their .gz) in {raw}/, "
+               "e.g. ln -s /path/to/MNIST data/MNIST")  # fmt: skip
+        require_files(data_root, [f"MNIST/raw/{n}" for n in missing], how)
+    arrays = {key: read_idx(path) for key, path in found.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+            raise RunError(f"MNIST {split} files disagree: images {images.shape}, labels "
+                           f"{labels.shape} in {raw}")  # fmt: skip
+    return arrays
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but CUDA is not available")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float (N, 784) in [0, 1] on `device`."""
+    return torch.from_numpy(images.reshape(len(images), -1).copy()).to(device).float().div_(255.0)
+
+
+# --------------------------------------------------------------------------------------- model
+
+
+def build_generator(arch: str, latent_dim: int) -> nn.Sequential:
+    """G: z -> 784 pixels. notes: Linear -> BatchNorm1d -> GELU blocks (the notes: BatchNorm
+    speeds up convergence, GELU beat ReLU), Sigmoid to [0, 1]. classic: PyTorch-GAN's blocks,
+    whose BatchNorm1d(out, 0.8) passes 0.8 as eps, none on the first block, Tanh to [-1, 1]."""
+    widths = [latent_dim, 128, 256, 512, 1024]
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if arch == "notes":
+            layers += [nn.BatchNorm1d(fan_out), nn.GELU()]
+        else:
+            layers += [nn.BatchNorm1d(fan_out, eps=0.8)] if i > 0 else []
+            layers.append(nn.LeakyReLU(0.2))
+    layers += [nn.Linear(1024, 28 * 28), nn.Sigmoid() if arch == "notes" else nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+def build_discriminator(arch: str) -> nn.Sequential:
+    """D: 784 pixels -> a logit l; the paper's D(x) = sigmoid(l), folded into the losses. No
+    BatchNorm, so each row's logit depends on that row alone (one pass can score real + fake)."""
+    if arch == "notes":
+        widths, act = [784, 512, 256, 128, 64, 32], nn.GELU
+    else:
+        widths, act = [784, 512, 256], lambda: nn.LeakyReLU(0.2)
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(fan_in, fan_out), act()]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], 1))
+
+
+def to_model_range(x01: torch.Tensor, arch: str) -> torch.Tensor:
+    """[0, 1] pixels -> G's output range: [0, 1] (notes) or [-1, 1] (classic)."""
+    return x01 if arch == "notes" else x01 * 2.0 - 1.0
+
+
+def to_unit_range(x: torch.Tensor, arch: str) -> torch.Tensor:
+    return x if arch == "notes" else (x + 1.0) * 0.5
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, for weights and BatchNorm statistics."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        if e.dtype.is_floating_point:
+            e.lerp_(b, 1.0 - decay)
+        else:
+            e.copy_(b)
+
+
+def ema_decay_at(step: int, cap: float) -> float:
+    """Warm-up decay_t = (1 + t) / (10 + t), capped: the EMA averages about the last t / 9 steps
+    until the cap takes over, so early epochs are not dragged back to the random initial G."""
+    return min(cap, (1.0 + step) / (10.0 + step))
+
+
+@torch.no_grad()
+def sample(generator: nn.Module, z: torch.Tensor, chunk: int) -> torch.Tensor:
+    """G(z) in equal chunks with per-chunk BatchNorm statistics, as in training, on a throwaway
+    copy so the generator's running statistics stay untouched."""
+    net = copy.deepcopy(generator).train()
+    return torch.cat([net(zc) for zc in z.tensor_split(max(1, math.ceil(len(z) / chunk)))])
+
+
+def drs_acceptance_logit(logits: torch.Tensor, max_logit: torch.Tensor, eps: float = 1e-6):
+    """F(x) of discriminator rejection sampling (Azadi et al. 2019, Sec. 3), before gamma.
+
+    An optimal D has logit D~(x) = log p_data(x) / p_g(x) (Goodfellow et al. 2014, Prop. 1), so
+    keeping a G sample with probability p = exp(D~(x) - D~_M), D~_M the largest logit, is exact
+    rejection sampling of p_data. F is the logit of that p:
+    F = D~ - D~_M - log(1 - exp(D~ - D~_M - eps)); eps keeps the log finite at the maximum.
+    Logits above D~_M (unseen in the burn-in) are clamped to it: kept with p ~ 1."""
+    delta = (logits - max_logit).clamp(max=0.0)
+    return delta - torch.log1p(-torch.exp(delta - eps))
+
+
+@torch.no_grad()
+def drs_sample(generator: nn.Module, discriminator: nn.Module, n: int, latent_dim: int, chunk: int,
+               percentile: float | None, burn_in: int, rng: torch.Generator,
+               device: torch.device) -> tuple[torch.Tensor, dict]:  # fmt: skip
+    """n samples of G kept by DRS (in G's range) and the sampler's statistics; every random
+    number comes from `rng`. A burn-in fixes D~_M and gamma = the percentile of F over it (F -
+    gamma = 0 keeps with probability 1/2); each proposal is kept with probability
+    sigmoid(F(x) - gamma). percentile None: gamma = 0, the exact rule p = exp(D~ - D~_M)."""
+    was_training = discriminator.training
+    discriminator.eval()
+
+    def propose(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = sample(generator, torch.randn(m, latent_dim, generator=rng).to(device), chunk)
+        return x, discriminator(x).flatten().double().cpu()
+
+    try:
+        _, burn_logits = propose(max(burn_in, chunk))
+        max_logit = burn_logits.max()
+        f_burn = drs_acceptance_logit(burn_logits, max_logit)
+        gamma = torch.quantile(f_burn, percentile / 100.0) if percentile is not None else 0.0
+        kept, n_kept, proposed, block = [], 0, 0, max(chunk, 4096)
+        while n_kept < n:
+            if proposed >= 1000 * n + 100 * block:
+                raise RunError(f"DRS kept only {n_kept} of {proposed} proposals: lower "
+                               "--drs-percentile")  # fmt: skip
+            x, logits = propose(block)
+            keep_p = torch.sigmoid(drs_acceptance_logit(logits, max_logit) - gamma)
+            keep = torch.rand(block, generator=rng, dtype=torch.float64) < keep_p
+            kept.append(x[keep.to(x.device)])
+            n_kept, proposed = n_kept + int(keep.sum()), proposed + block
+    finally:
+        discriminator.train(was_training)
+    stats = {"drs_acceptance": n_kept / proposed, "drs_max_logit": float(max_logit),
+             "drs_gamma": float(gamma)}  # fmt: skip
+    return torch.cat(kept)[:n], stats
+
+
+def draw_samples(generator: nn.Module, discriminator: nn.Module | None, n: int, cfg: dict,
+                 sampler: str, rng: torch.Generator, device: torch.device) -> tuple[torch.Tensor, dict]:  # fmt: skip
+    """n images in [0, 1] from `sampler` ("drs" or "g"), every random number from `rng`."""
+    if sampler == "drs":
+        x, stats = drs_sample(generator, discriminator, n, cfg["latent_dim"], cfg["batch_size"],
+                              cfg["drs_percentile"], DRS_BURN_IN, rng, device)  # fmt: skip
+    else:
+        # At least one training-size batch, so the batch statistics are those of training.
+        z = torch.randn(max(n, cfg["batch_size"]), cfg["latent_dim"], generator=rng).to(device)
+        x, stats = sample(generator, z, cfg["batch_size"])[:n], {}
+    return to_unit_range(x, cfg["arch"]), stats
+
+
+# ---------------------------------------------------------------- losses and Algorithm 1's step
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """D ascends E[log D(x)] + E[log(1 - D(G(z)))] (Eq. 1); we descend its negative. With
+    D = sigmoid(l): -log D = softplus(-l) and -log(1 - D) = softplus(l), stable for any l."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def generator_loss(fake_logits: torch.Tensor, form: str) -> torch.Tensor:
+    if form == "nonsaturating":  # Sec. 3: maximise log D(G(z)) = minimise softplus(-l)
+        return F.softplus(-fake_logits).mean()
+    return -F.softplus(fake_logits).mean()  # Eq. 1: minimise log(1 - D(G(z))) = -softplus(l)
+
+
+def r1_penalty(discriminator: nn.Module, real: torch.Tensor, gamma: float) -> torch.Tensor:
+    """R1 = gamma/2 E_x ||grad_x D(x)||^2 on real data (Mescheder et al. 2018, Eq. 9), with D's
+    logit as D. It pushes D flat on the data, which damps the oscillation around the
+    equilibrium. Runs outside autocast: float32, since a bf16 double backward measured worse."""
+    x = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(x).sum(), x, create_graph=True)
+    return 0.5 * gamma * grad.pow(2).sum(dim=1).mean()
+
+
+@dataclass
+class Nets:
+    """What one training step updates."""
+
+    g: nn.Module
+    d: nn.Module
+    g_opt: torch.optim.Optimizer
+    d_opt: torch.optim.Optimizer
+    ema: nn.Module | None = None
+
+
+@dataclass
+class StepConfig:
+    latent_dim: int
+    g_loss: str = "nonsaturating"
+    recon_weight: float = 0.0
+    r1_gamma: float = 0.0
+    r1_every: int = 1
+    ema_decay: float = 0.0
+    autocast_dtype: torch.dtype | None = None
+
+
+def train_step(nets: Nets, real_batches: list[torch.Tensor], step: int,
+               sc: StepConfig) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Algorithm 1: k = len(real_batches) D updates, then one G update, then the EMA.
+
+    The noise comes from the global torch RNG (the training run's stream, saved in every
+    checkpoint). With sc.autocast_dtype the Linear layers compute in that dtype; weights,
+    optimiser state and losses stay float32. Returns detached scalars (no device sync)."""
+    g, d = nets.g, nets.d
+    batch, device = real_batches[-1].shape[0], real_batches[-1].device
+
+    def mixed():
+        dtype = sc.autocast_dtype or torch.bfloat16
+        return torch.autocast(device.type, dtype=dtype, enabled=sc.autocast_dtype is not None)
+
+    for i, real in enumerate(real_batches):
+        z = torch.randn(batch, sc.latent_dim, device=device)
+        last = i == len(real_batches) - 1
+        # The last D update's fake batch is reused for G's update (graph kept): one G forward
+        # less; the paper draws fresh noise, which is the same in distribution.
+        with torch.set_grad_enabled(last), mixed():
+            fake = g(z)
+        # One D pass over [real; fake]: D has no BatchNorm, so each logit is what two passes
+        # give, at larger (faster) matrix products.
+        with mixed():
+            logits = d(torch.cat([real, fake.detach().to(real.dtype)])).float()
+        real_logits, fake_logits = logits[:batch], logits[batch:]
+        d_loss = discriminator_loss(real_logits, fake_logits)
+        nets.d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        if sc.r1_gamma > 0 and (step * len(real_batches) + i) % sc.r1_every == 0:
+            # Lazy R1: every r1_every-th D update with r1_every x gamma, the same on average.
+            r1_penalty(d, real, sc.r1_gamma * sc.r1_every).backward()
+        nets.d_opt.step()
+
+    # G's update through the just-updated D, with D frozen: its weight gradients would be
+    # thrown away by the next zero_grad, and skipping them saves a matrix product per layer.
+    d.requires_grad_(False)
+    try:
+        with mixed():
+            fake_logits_g = d(fake).float()
+        fake = fake.float()
+        adv = generator_loss(fake_logits_g, sc.g_loss)
+        # The notes' L1 term: + w |G(z) - x| pulls G(z) towards an (unpaired) real batch.
+        recon = (fake - real_batches[-1]).abs().mean()
+        g_loss = adv + sc.recon_weight * recon if sc.recon_weight > 0 else adv
+        nets.g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+    finally:
+        d.requires_grad_(True)
+    nets.g_opt.step()
+    if nets.ema is not None:
+        update_ema(nets.ema, g, ema_decay_at(step, sc.ema_decay))
+    return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), "recon": recon.detach(),
+            "d_real": torch.sigmoid(real_logits.detach()).mean(),
+            "d_fake": torch.sigmoid(fake_logits.detach()).mean()}  # fmt: skip
 
 
 def cpu_has_native_bf16() -> bool:
@@ -362,8 +770,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
-    """--precision -> the autocast dtype (None: plain float32). Emulated bf16 (CPUs without
-    native support) is slower than float32, so auto only picks it where it is native."""
+    """--precision -> the autocast dtype (None: float32). Emulated bf16 is slower than float32,
+    so auto takes it only where it is native."""
     if choice == "bfloat16":
         return torch.bfloat16
     if choice == "auto":
@@ -374,438 +782,17 @@ def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def make_adam(module: nn.Module, cfg: dict, lr: float | None = None) -> torch.optim.Adam:
-    """Adam with the preset's settings; the fused kernel (one pass over all parameters instead of
-    about ten multi-tensor ops) where this torch build has it for the device, else the default.
-    Same update rule either way; on a CPU fused Adam made the whole step ~1.3x faster."""
-    params = list(module.parameters())
-    kw = dict(
-        lr=lr if lr is not None else cfg["lr"],
-        betas=tuple(cfg["betas"]),
-        weight_decay=cfg["weight_decay"],
-    )
+def make_adam(module: nn.Module, cfg: dict) -> torch.optim.Adam:
+    """Adam with the preset's settings; the fused kernel where this build has it for the device
+    (one pass over all parameters; the same update rule)."""
+    kw = dict(lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
     try:
-        return torch.optim.Adam(params, fused=True, **kw)
+        return torch.optim.Adam(module.parameters(), fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, **kw)
+        return torch.optim.Adam(module.parameters(), **kw)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write to a temporary file, then rename: a crash never leaves a torn file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------------------------
-# Data: the idx files, parsed with numpy, held in one tensor on the device
-# --------------------------------------------------------------------------------------------
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Parse an idx file (magic: two zero bytes, dtype code 0x08 = uint8, ndim; big-endian dims)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise SystemExit(f"error: {path} is not a uint8 idx file (bad magic number)")
-    ndim = data[3]
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    offset = 4 + 4 * ndim
-    if len(data) - offset != math.prod(dims):
-        raise SystemExit(
-            f"error: {path} is truncated: header says {dims}, file is {len(data)} bytes"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
-
-
-def find_mnist_files(raw: Path) -> dict[str, Path] | None:
-    """The four idx files (or their .gz twins), or None when any is missing."""
-    found = {}
-    for key, name in MNIST_FILES.items():
-        for candidate in (raw / name, raw / (name + ".gz")):
-            if candidate.is_file():
-                found[key] = candidate
-                break
-        else:
-            return None
-    return found
-
-
-def load_mnist(data_root: Path) -> dict[str, np.ndarray]:
-    """MNIST as uint8 arrays: train/test images (N, 28, 28) and labels (N,).
-
-    Missing files: try torchvision's download once, then exit with a message naming the files."""
-    raw = data_root / "MNIST" / "raw"
-    files = find_mnist_files(raw)
-    if files is None:
-        try:
-            import torchvision
-
-            print(f"MNIST not found in {raw}; trying torchvision's download ...", flush=True)
-            torchvision.datasets.MNIST(str(data_root), train=True, download=True)
-            torchvision.datasets.MNIST(str(data_root), train=False, download=True)
-        except Exception as exc:  # no internet, read-only folder, ...: explain what to do
-            print(
-                f"download failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            )
-        files = find_mnist_files(raw)
-    if files is None:
-        missing = [
-            n
-            for n in MNIST_FILES.values()
-            if not (raw / n).exists() and not (raw / f"{n}.gz").exists()
-        ]
-        raise SystemExit(
-            f"error: MNIST is missing and could not be downloaded. Put the four idx files "
-            f"{', '.join(MNIST_FILES.values())} (or their .gz versions) in {raw}/ "
-            f"(missing: {', '.join(missing)}). See data/README.md."
-        )
-    arrays = {key: read_idx(path) for key, path in files.items()}
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
-            raise SystemExit(
-                f"error: MNIST {split} files disagree: images {images.shape}, labels {labels.shape}"
-            )
-    return arrays
-
-
-def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float (N, 784) in [0, 1] on `device`, in one copy."""
-    return torch.from_numpy(images.reshape(len(images), -1).copy()).to(device).float().div_(255.0)
-
-
-# --------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------
-
-
-def build_generator(preset: str) -> nn.Sequential:
-    latent = PRESETS[preset]["latent_dim"]
-    widths = [latent, 128, 256, 512, 1024]
-    layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if preset == "notes":
-            # The notes: BatchNorm after every hidden Linear speeds up convergence, GELU > ReLU.
-            layers += [nn.BatchNorm1d(fan_out), nn.GELU()]
-        else:
-            # PyTorch-GAN's block: BatchNorm1d(out, 0.8) passes 0.8 as *eps*; none on block one.
-            if i > 0:
-                layers.append(nn.BatchNorm1d(fan_out, eps=0.8))
-            layers.append(nn.LeakyReLU(0.2))
-    layers.append(nn.Linear(1024, 28 * 28))
-    layers.append(nn.Sigmoid() if preset == "notes" else nn.Tanh())
-    return nn.Sequential(*layers)
-
-
-def build_discriminator(preset: str, dropout: float = 0.0) -> nn.Sequential:
-    """D outputs a logit; sigmoid(logit) is the paper's D(x), folded into the loss for stability.
-
-    `dropout` > 0 adds Dropout after every hidden activation (the paper's D used dropout)."""
-    if preset == "notes":
-        widths, act = [784, 512, 256, 128, 64, 32], nn.GELU
-    else:
-        widths, act = [784, 512, 256], lambda: nn.LeakyReLU(0.2)
-    layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(fan_in, fan_out), act()]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(widths[-1], 1))
-    return nn.Sequential(*layers)
-
-
-def to_model_range(x01: torch.Tensor, preset: str) -> torch.Tensor:
-    """Data in [0, 1] -> the generator's output range ([0, 1] or [-1, 1])."""
-    return x01 if PRESETS[preset]["pixel_range"] == "01" else x01 * 2.0 - 1.0
-
-
-def to_unit_range(x: torch.Tensor, preset: str) -> torch.Tensor:
-    """Generator output -> [0, 1] pixels (for grids, the classifier and uint8 export)."""
-    return x if PRESETS[preset]["pixel_range"] == "01" else (x + 1.0) * 0.5
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, for weights and BatchNorm running statistics."""
-    # One multi-tensor kernel for all weights instead of a lerp per tensor.
-    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        if e.dtype.is_floating_point:
-            e.lerp_(b, 1.0 - decay)
-        else:
-            e.copy_(b)
-
-
-@torch.no_grad()
-def sample(generator: nn.Module, z: torch.Tensor, bn_mode: str, chunk: int) -> torch.Tensor:
-    """G(z) in chunks, without touching the generator's state.
-
-    bn_mode "batch" normalises each chunk with its own statistics, exactly as in training (run on
-    a throwaway copy so the running averages are not updated); "running" uses eval mode."""
-    if bn_mode == "batch":
-        net = copy.deepcopy(generator).train()
-    else:
-        net = generator
-        was_training = net.training
-        net.eval()
-    # Chunks of equal size: a last chunk of 1 would break batch statistics.
-    n = z.shape[0]
-    n_chunks = max(1, math.ceil(n / chunk))
-    out = torch.cat([net(zc) for zc in z.tensor_split(n_chunks)])
-    if bn_mode != "batch":
-        net.train(was_training)
-    return out
-
-
-def drs_acceptance_logit(logits: torch.Tensor, max_logit: torch.Tensor, eps: float = 1e-6):
-    """F(x) of discriminator rejection sampling (Azadi et al. 2019, Sec. 3), before gamma.
-
-    An optimal D has logit D~(x) = log p_data(x) / p_g(x) (Goodfellow et al. 2014, Prop. 1), so
-    keeping a G sample with probability p = exp(D~(x) - D~_M), D~_M the largest logit, is exact
-    rejection sampling of p_data with M = exp(D~_M). F is the logit of that p:
-    F = D~ - D~_M - log(1 - exp(D~ - D~_M - eps)); eps keeps the log finite at the maximum.
-    Logits above D~_M (unseen in the burn-in) are clamped to it: kept with p ~ 1."""
-    delta = (logits - max_logit).clamp(max=0.0)
-    return delta - torch.log1p(-torch.exp(delta - eps))
-
-
-@torch.no_grad()
-def drs_sample(
-    generator: nn.Module,
-    discriminator: nn.Module,
-    n: int,
-    latent_dim: int,
-    bn_mode: str,
-    chunk: int,
-    percentile: float | None,
-    burn_in: int,
-    rng: torch.Generator,
-    device: torch.device,
-) -> tuple[torch.Tensor, dict]:
-    """n samples of G kept by DRS, in G's output range, and the sampler's statistics.
-
-    A burn-in batch fixes D~_M and gamma = the given percentile of F over it (Azadi et al.
-    shift F by gamma to set how many samples are kept: F - gamma = 0 keeps with probability
-    1/2); each proposal is then kept with probability sigmoid(F(x) - gamma). percentile None
-    means gamma = 0, the exact rule p = exp(D~ - D~_M). D scores in eval mode, float32."""
-    was_training = discriminator.training
-    discriminator.eval()
-
-    def propose(m: int) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn(m, latent_dim, generator=rng).to(device)
-        x = sample(generator, z, bn_mode, chunk)
-        return x, discriminator(x).flatten().double().cpu()
-
-    try:
-        _, burn_logits = propose(max(burn_in, chunk))
-        max_logit = burn_logits.max()
-        f_burn = drs_acceptance_logit(burn_logits, max_logit)
-        gamma = torch.quantile(f_burn, percentile / 100.0) if percentile is not None else 0.0
-        kept, n_kept, proposed = [], 0, 0
-        block = max(chunk, 4096)
-        while n_kept < n:
-            if proposed >= 1000 * n + 100 * block:
-                raise RuntimeError(
-                    f"DRS kept only {n_kept} of {proposed} proposals: lower --drs-percentile"
-                )
-            x, logits = propose(block)
-            keep_p = torch.sigmoid(drs_acceptance_logit(logits, max_logit) - gamma)
-            keep = torch.rand(block, generator=rng, dtype=torch.float64) < keep_p
-            kept.append(x[keep.to(x.device)])
-            n_kept += int(keep.sum())
-            proposed += block
-    finally:
-        discriminator.train(was_training)
-    stats = {
-        "drs_acceptance": n_kept / proposed,
-        "drs_max_logit": float(max_logit),
-        "drs_gamma": float(gamma),
-    }
-    return torch.cat(kept)[:n], stats
-
-
-def draw_samples(
-    generator: nn.Module,
-    discriminator: nn.Module | None,
-    n: int,
-    cfg: dict,
-    rng: torch.Generator,
-    device: torch.device,
-) -> tuple[torch.Tensor, dict]:
-    """n samples in [0, 1] from the configured sampler (cfg["sampler"]: "drs" or "g")."""
-    if cfg["sampler"] == "drs":
-        if discriminator is None:
-            raise ValueError("--sampler drs needs the run's discriminator")
-        x, stats = drs_sample(
-            generator, discriminator, n, cfg["latent_dim"], cfg["sample_bn"], cfg["batch_size"],
-            cfg["drs_percentile"], cfg["drs_burn_in"], rng, device,
-        )  # fmt: skip
-    else:
-        # At least one training-size batch, so per-batch BatchNorm statistics are well defined.
-        z = torch.randn(max(n, cfg["batch_size"]), cfg["latent_dim"], generator=rng).to(device)
-        x, stats = sample(generator, z, cfg["sample_bn"], cfg["batch_size"])[:n], {}
-    return to_unit_range(x, cfg["preset"]), stats
-
-
-# --------------------------------------------------------------------------------------------
-# Losses and the training step (Algorithm 1)
-# --------------------------------------------------------------------------------------------
-
-
-def discriminator_loss(
-    real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0
-) -> torch.Tensor:
-    """D ascends E[log D(x)] + E[log(1 - D(G(z)))] (Eq. 1 / Algorithm 1); we descend its negative.
-    With D = sigmoid(l): -log D = softplus(-l) and -log(1 - D) = softplus(l), stable for any l.
-
-    real_label s < 1 is one-sided label smoothing: the real term becomes the cross-entropy with
-    target s, -(s log D(x) + (1 - s) log(1 - D(x))); the fake target stays 0."""
-    real_term = F.softplus(-real_logits)
-    if real_label < 1.0:
-        real_term = real_label * real_term + (1.0 - real_label) * F.softplus(real_logits)
-    return real_term.mean() + F.softplus(fake_logits).mean()
-
-
-def r1_penalty(discriminator: nn.Module, real: torch.Tensor, gamma: float) -> torch.Tensor:
-    """R1 = gamma/2 * E_x ||grad_x D(x)||^2 on real data (Mescheder et al. 2018, Eq. 9), with D's
-    logit as D (as in their code). Pushes D flat on the data, which damps the oscillation of
-    unregularised training around the equilibrium (their Dirac-GAN, Sec. 2) and makes it
-    locally convergent (Sec. 4). Called outside autocast, so it runs in the weights' dtype
-    (float32 in training); `--r1-pass shared` takes it from the bf16 pass instead, which
-    measured lower IS (README)."""
-    x = real.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(discriminator(x).sum(), x, create_graph=True)
-    return r1_from_input_grad(grad, gamma)
-
-
-def r1_from_input_grad(grad: torch.Tensor, gamma: float) -> torch.Tensor:
-    """gamma/2 * E_x ||grad_x D(x)||^2 from the per-row input gradients."""
-    return 0.5 * gamma * grad.pow(2).sum(dim=1).mean()
-
-
-def top_k_count(batch: int, smallest_fraction: float, decay: float, epoch: int) -> int:
-    """Top-k training's k for this epoch: batch * max(nu, decay^epoch) (Sinha et al. 2020)."""
-    return max(1, round(batch * max(smallest_fraction, decay**epoch)))
-
-
-def generator_loss(fake_logits: torch.Tensor, form: str, top_k: int | None = None) -> torch.Tensor:
-    if top_k is not None and top_k < fake_logits.shape[0]:
-        # Top-k training: only the k fakes D finds most realistic drive G's adversarial loss;
-        # the worst ones' gradients point away from the data (Sinha et al. 2020, Sec. 3).
-        fake_logits = fake_logits.flatten().topk(top_k).values
-    if form == "nonsaturating":
-        # Sec. 3: maximise log D(G(z)), i.e. minimise -log D(G(z)) = softplus(-l).
-        return F.softplus(-fake_logits).mean()
-    # Eq. 1 as written: minimise log(1 - D(G(z))) = -softplus(l); saturates when D wins.
-    return -F.softplus(fake_logits).mean()
-
-
-def train_step(
-    generator: nn.Module,
-    discriminator: nn.Module,
-    g_opt: torch.optim.Optimizer,
-    d_opt: torch.optim.Optimizer,
-    real_batches: list[torch.Tensor],
-    latent_dim: int,
-    g_loss_form: str = "nonsaturating",
-    recon_weight: float = 0.0,
-    ema: nn.Module | None = None,
-    ema_decay: float = 0.0,
-    step: int = 0,
-    real_label: float = 1.0,
-    autocast_dtype: torch.dtype | None = None,
-    r1_gamma: float = 0.0,
-    r1_every: int = 1,
-    top_k: int | None = None,
-    r1_fused: bool = False,
-) -> dict[str, torch.Tensor]:
-    """One iteration of Algorithm 1: k = len(real_batches) D updates, then one G update.
-
-    autocast_dtype (e.g. torch.bfloat16) runs the forward passes under autocast: the Linear
-    layers compute in that dtype, weights, optimizer state and losses stay float32.
-    Returns detached scalars (no .item(): no device sync per step)."""
-    batch = real_batches[-1].shape[0]
-    device = real_batches[-1].device
-
-    def mixed_precision():
-        return torch.autocast(
-            device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
-        )
-
-    for i, real in enumerate(real_batches):
-        z = torch.randn(batch, latent_dim, device=device)
-        last = i == len(real_batches) - 1
-        # The last D update's fake batch is reused for the G update (graph kept), saving one G
-        # forward pass; the paper samples fresh noise, which is the same in distribution.
-        with torch.set_grad_enabled(last), mixed_precision():
-            fake = generator(z)
-        r1_now = r1_gamma > 0 and (step * len(real_batches) + i) % r1_every == 0
-        if r1_now and r1_fused:
-            # R1 from this same pass: the real rows' logits depend on their own inputs only (no
-            # BatchNorm in D), so d logit_i / d x_i is R1's gradient; one forward is saved and
-            # the double backward runs in the autocast dtype.
-            real = real.detach().requires_grad_(True)
-        # D scores real and fake in one pass: D has no BatchNorm, so each row's logit is the
-        # same as in two separate passes, at one set of larger (faster) matrix products.
-        with mixed_precision():
-            logits = discriminator(torch.cat([real, fake.detach().to(real.dtype)])).float()
-        real_logits, fake_logits = logits[:batch], logits[batch:]
-        d_loss = discriminator_loss(real_logits, fake_logits, real_label)
-        d_opt.zero_grad(set_to_none=True)
-        if r1_now and r1_fused:
-            (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
-            (d_loss + r1_from_input_grad(grad.float(), r1_gamma * r1_every)).backward()
-        else:
-            d_loss.backward()
-            if r1_now:
-                # Accumulates into the same .grad before the step, so D descends loss + penalty.
-                r1_penalty(discriminator, real, r1_gamma * r1_every).backward()
-        d_opt.step()
-
-    # G update: descend the generator loss through the just-updated D. D is frozen for it:
-    # its weight gradients would be thrown away by the next D update's zero_grad, and with them
-    # go one matrix product and one bf16 -> float32 gradient cast per D layer.
-    discriminator.requires_grad_(False)
-    try:
-        with mixed_precision():
-            fake_logits_g = discriminator(fake).float()
-        fake = fake.float()
-        adv = generator_loss(fake_logits_g, g_loss_form, top_k)
-        # The notes' L1 "reconstruction" term pulls G(z) towards an unpaired real batch x.
-        recon = (fake - real_batches[-1]).abs().mean()
-        g_loss = adv + recon_weight * recon if recon_weight > 0 else adv
-        g_opt.zero_grad(set_to_none=True)
-        g_loss.backward()
-    finally:
-        discriminator.requires_grad_(True)
-    g_opt.step()
-    if ema is not None:
-        # Warm-up: decay_t = (1 + t) / (10 + t) averages over the last ~t / 9 steps until the cap
-        # takes over (t ~ 9000 for 0.999), so early epochs are not dragged back towards the
-        # random initial weights. Measured better at epochs 1-5 than a running mean capped at
-        # ema_decay (EMA IS 6.07 vs 5.61 at epoch 5, --recon-weight 0; see README).
-        update_ema(ema, generator, min(ema_decay, (1.0 + step) / (10.0 + step)))
-    return {
-        "d_loss": d_loss.detach(),
-        "g_loss": g_loss.detach(),
-        "recon": recon.detach(),
-        "d_real": torch.sigmoid(real_logits.detach()).mean(),
-        "d_fake": torch.sigmoid(fake_logits.detach()).mean(),
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation: a small CNN digit classifier, FID in its feature space, Inception Score
-# --------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------- evaluation
 
 
 class DigitClassifier(nn.Module):
@@ -814,29 +801,37 @@ class DigitClassifier(nn.Module):
     def __init__(self, feature_dim: int = 128):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 16, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
+            nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, feature_dim), nn.ReLU())
-        self.dropout = nn.Dropout(0.3)
         self.head = nn.Linear(feature_dim, 10)
 
     def features(self, x01: torch.Tensor) -> torch.Tensor:
-        # Inputs are [0, 1] pixels, flat (N, 784) or (N, 1, 28, 28); centre them for the CNN.
         return self.fc(self.conv(x01.reshape(-1, 1, 28, 28) - 0.5))
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x01)))
+        return self.head(self.features(x01))
+
+
+def new_classifier(device: torch.device, rng: torch.Generator | None = None) -> DigitClassifier:
+    """A classifier built without touching the global RNG (the GAN run's stream): made on the
+    meta device, then given PyTorch's default init drawn from `rng` (or left for a state dict)."""
+    with torch.device("meta"):
+        model = DigitClassifier(CLASSIFIER_CONFIG["feature_dim"])
+    model = model.to_empty(device=device)
+    if rng is not None:
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=rng)
+                bound = 1.0 / math.sqrt(m.weight[0].numel())
+                nn.init.uniform_(m.bias, -bound, bound, generator=rng)
+    return model
 
 
 def data_fingerprint(mnist: dict[str, np.ndarray]) -> str:
-    """What the classifier was trained on: a hash of MNIST train + the classifier config."""
-    h = hashlib.sha256()
-    h.update(mnist["train_images"].tobytes())
+    """What the classifier was trained on: a hash of MNIST train and the classifier config."""
+    h = hashlib.sha256(mnist["train_images"].tobytes())
     h.update(mnist["train_labels"].tobytes())
     h.update(json.dumps(CLASSIFIER_CONFIG, sort_keys=True).encode())
     return h.hexdigest()
@@ -845,77 +840,64 @@ def data_fingerprint(mnist: dict[str, np.ndarray]) -> str:
 @torch.no_grad()
 def classifier_accuracy(model: DigitClassifier, x01: torch.Tensor, labels: torch.Tensor) -> float:
     model.eval()
-    preds = torch.cat([model(xb).argmax(1) for xb in x01.split(1000)])
-    return (preds == labels).float().mean().item()
+    return (torch.cat([model(xb).argmax(1) for xb in x01.split(1000)]) == labels).float().mean().item()  # fmt: skip
 
 
-def train_classifier(
-    mnist: dict[str, np.ndarray], device: torch.device
-) -> tuple[DigitClassifier, float]:
-    """Train the evaluation CNN with its own seed, leaving the caller's RNG streams untouched."""
+def train_classifier(mnist: dict[str, np.ndarray], device: torch.device) -> tuple[DigitClassifier, float]:  # fmt: skip
+    """The evaluation CNN, trained with its own generator for init, order and dropout: a run
+    that trains it draws the same GAN numbers as one that finds it cached."""
     cfg = CLASSIFIER_CONFIG
+    rng = torch.Generator().manual_seed(cfg["seed"])
     x = images_to_tensor(mnist["train_images"], device)
     y = torch.from_numpy(mnist["train_labels"].astype(np.int64)).to(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg["seed"])
-        model = DigitClassifier(cfg["feature_dim"]).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-        steps_per_epoch = max(1, len(x) // cfg["batch_size"])
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch
-        )
-        for epoch in range(cfg["epochs"]):
-            model.train()
-            perm = torch.randperm(len(x), device=device)
-            for i in range(steps_per_epoch):
-                idx = perm[i * cfg["batch_size"] : (i + 1) * cfg["batch_size"]]
-                loss = F.cross_entropy(model(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-            print(
-                f"classifier epoch {epoch + 1}/{cfg['epochs']} loss {loss.item():.4f}", flush=True
-            )
+    model = new_classifier(device, rng).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    steps = max(1, len(x) // cfg["batch_size"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps)  # fmt: skip
+    for epoch in range(cfg["epochs"]):
+        perm = torch.randperm(len(x), generator=rng).to(device)
+        for i in range(steps):
+            idx = perm[i * cfg["batch_size"] : (i + 1) * cfg["batch_size"]]
+            feats = model.features(x[idx])
+            keep = (torch.rand(feats.shape, generator=rng) >= 0.3).to(device)  # dropout 0.3
+            loss = F.cross_entropy(model.head(feats * keep / 0.7), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        print(f"classifier epoch {epoch + 1}/{cfg['epochs']} loss {loss.item():.4f}", flush=True)
     x_test = images_to_tensor(mnist["test_images"], device)
     y_test = torch.from_numpy(mnist["test_labels"].astype(np.int64)).to(device)
-    acc = classifier_accuracy(model, x_test, y_test)
-    model.eval()
-    return model, acc
+    return model.eval(), classifier_accuracy(model, x_test, y_test)
 
 
-def load_or_train_classifier(
-    mnist: dict[str, np.ndarray], data_root: Path, device: torch.device, force: bool = False
-) -> tuple[DigitClassifier, float]:
-    """The cached classifier when it was trained on these exact data and config, else train it
-    and cache it atomically in <data-root>/cache/ (never inside the dataset folder)."""
+def load_or_train_classifier(mnist: dict[str, np.ndarray], data_root: Path,
+                             device: torch.device) -> tuple[DigitClassifier, float]:  # fmt: skip
+    """The cached classifier when it was trained on these data with this config, else train
+    and cache it (atomically) in <data-root>/cache/."""
     path = data_root / "cache" / "mnist_classifier.pt"
     fingerprint = data_fingerprint(mnist)
-    if path.is_file() and not force:
+    if path.is_file():
         try:
             saved = torch.load(path, map_location=device, weights_only=True)
             if saved.get("fingerprint") == fingerprint:
-                model = DigitClassifier(CLASSIFIER_CONFIG["feature_dim"]).to(device)
+                model = new_classifier(device)
                 model.load_state_dict(saved["state_dict"])
-                model.eval()
-                return model, float(saved["test_accuracy"])
+                return model.eval(), float(saved["test_accuracy"])
             print(f"{path} was trained on other data or settings; retraining", flush=True)
-        except Exception as exc:  # unreadable / old format: retrain
-            print(f"cannot use {path} ({exc}); retraining", flush=True)
+        except Exception as exc:  # noqa: BLE001 - unreadable or an old format: retrain
+            print(f"cannot use {path} ({type(exc).__name__}); retraining", flush=True)
     t0 = time.time()
     print("training the evaluation classifier (once; cached afterwards) ...", flush=True)
     model, acc = train_classifier(mnist, device)
     print(f"classifier test accuracy {acc:.4f} ({time.time() - t0:.0f} s)", flush=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.cpu() for k, v in model.state_dict().items()}
-        payload = {
-            "state_dict": state,
-            "fingerprint": fingerprint,
-            "config": CLASSIFIER_CONFIG,
-            "test_accuracy": acc,
-        }
-        atomic_torch_save(payload, path)
+        payload = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                   "fingerprint": fingerprint, "test_accuracy": acc}  # fmt: skip
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
     except OSError as exc:
         print(f"warning: could not cache the classifier at {path}: {exc}", flush=True)
     return model, acc
@@ -924,7 +906,6 @@ def load_or_train_classifier(
 @torch.no_grad()
 def classifier_outputs(model: DigitClassifier, x01: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features (float64) and class probabilities for [0, 1] images."""
-    model.eval()
     feats, probs = [], []
     for xb in x01.split(1000):
         f = model.features(xb)
@@ -938,93 +919,114 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2)) (Heusel et al. 2017).
-
-    Tr((C1 C2)^(1/2)) is computed as the sum of sqrt(eigenvalues) of the symmetric PSD matrix
-    C1^(1/2) C2 C1^(1/2), which has the same eigenvalues as C1 C2: no complex round-off, and
-    tiny negative eigenvalues (numerical noise) are clipped to zero."""
+    """FID = ||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2)) (Heusel et al. 2017). The trace of
+    the square root is the sum of sqrt(eigenvalues) of the symmetric PSD C1^(1/2) C2 C1^(1/2),
+    which has the eigenvalues of C1 C2: no complex round-off; tiny negatives are clipped."""
     w, v = np.linalg.eigh(cov1)
     sqrt_cov1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     middle = sqrt_cov1 @ cov2 @ sqrt_cov1
-    eig = np.linalg.eigvalsh((middle + middle.T) / 2)
-    tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
-    fid = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_covmean
-    return max(0.0, float(fid))  # a distance: round-off can leave -1e-7 for equal inputs
+    return max(0.0, float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_covmean))
 
 
 def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
-    """IS = exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016), mean and std over `splits`
-    equal parts as usual; with 10 classes it lies in [1, 10]."""
+    """IS = exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016), mean and sd over `splits`
+    parts; with 10 classes it lies in [1, 10]."""
     scores = []
     for part in np.array_split(probs, splits):
         p_y = part.mean(axis=0, keepdims=True)
-        kl = (part * (np.log(part + 1e-12) - np.log(p_y + 1e-12))).sum(axis=1).mean()
-        scores.append(math.exp(kl))
+        scores.append(math.exp((part * (np.log(part + 1e-12) - np.log(p_y + 1e-12))).sum(1).mean()))
     return float(np.mean(scores)), float(np.std(scores))
 
 
 def label_entropies(probs: np.ndarray) -> dict[str, float]:
-    """The two halves of the Inception Score: ln IS = H(y) - E_x H(y|x) (for one split), so a
-    low score is either an uneven digit mix (H(y) below ln 10 = 2.303 nats) or ambiguous
-    samples (large E_x H(y|x)). `ambiguous_fraction`: share of samples with H(y|x) > 0.5 nats."""
+    """The two halves of the IS: ln IS = H(y) - E_x H(y|x) (one split). A low score is an
+    uneven digit mix (H(y) below ln 10) or ambiguous samples (H(y|x) > 0.5 nats)."""
     p_y = probs.mean(axis=0)
     per_sample = -(probs * np.log(probs + 1e-12)).sum(axis=1)
-    return {
-        "label_entropy": float(-(p_y * np.log(p_y + 1e-12)).sum()),
-        "mean_conditional_entropy": float(per_sample.mean()),
-        "ambiguous_fraction": float((per_sample > 0.5).mean()),
-    }
+    return {"label_entropy": float(-(p_y * np.log(p_y + 1e-12)).sum()),
+            "mean_conditional_entropy": float(per_sample.mean()),
+            "ambiguous_fraction": float((per_sample > 0.5).mean())}  # fmt: skip
 
 
 class Evaluator:
-    """Scores generated [0, 1] images against MNIST test, with the real-data floor."""
+    """Scores [0, 1] images against MNIST test, beside the real-data floor."""
 
     def __init__(self, classifier: DigitClassifier, mnist: dict[str, np.ndarray], device, n: int):
         self.classifier = classifier
-        test = images_to_tensor(mnist["test_images"], device)
-        test_feats, test_probs = classifier_outputs(classifier, test)
+        test_feats, test_probs = classifier_outputs(classifier, images_to_tensor(mnist["test_images"], device))  # fmt: skip
         self.test_mu, self.test_cov = gaussian_stats(test_feats)
-        # Floor: FID of n real *train* images against the test set (fixed subset, own RNG).
+        # Floor: n real *train* images against test (a fixed subset, own RNG).
         pick = np.random.default_rng(0).permutation(len(mnist["train_images"]))[:n]
-        train_feats, _ = classifier_outputs(
-            classifier, images_to_tensor(mnist["train_images"][pick], device)
-        )
+        train_feats, _ = classifier_outputs(classifier, images_to_tensor(mnist["train_images"][pick], device))  # fmt: skip
         self.fid_floor = frechet_distance(*gaussian_stats(train_feats), self.test_mu, self.test_cov)
         self.is_real_test = inception_score(test_probs)[0]
-        self.real_test_entropies = label_entropies(test_probs)
 
     def score(self, x01: torch.Tensor) -> dict:
         feats, probs = classifier_outputs(self.classifier, x01)
         fid = frechet_distance(*gaussian_stats(feats), self.test_mu, self.test_cov)
         is_mean, is_std = inception_score(probs)
         fractions = np.bincount(probs.argmax(1), minlength=10) / len(probs)
-        return {
-            "fid": fid,
-            "fid_over_floor": fid / self.fid_floor if self.fid_floor > 0 else float("inf"),
-            "is": is_mean,
-            "is_std": is_std,
-            "digit_fractions": [round(float(f), 4) for f in fractions],
-            "min_digit_fraction": float(fractions.min()),
-            **label_entropies(probs),
-        }
+        return {"fid": fid, "fid_over_floor": fid / self.fid_floor if self.fid_floor > 0 else None,
+                "is": is_mean, "is_std": is_std,
+                "digit_fractions": [round(float(f), 4) for f in fractions],
+                "min_digit_fraction": float(fractions.min()), **label_entropies(probs)}  # fmt: skip
 
 
-# --------------------------------------------------------------------------------------------
-# Outputs: grids and the loss plot
-# --------------------------------------------------------------------------------------------
+def evaluate(evaluator: Evaluator, generator: nn.Module, discriminator: nn.Module, cfg: dict,
+             sampler: str, n: int, device: torch.device) -> dict:  # fmt: skip
+    """The run's sampler as the headline, and G alone on the same noise as `g_alone` (the two are
+    equal when the sampler is g). Own generators, seeded from the run's seed: an evaluation
+    never moves the training run's RNG, and re-scoring a checkpoint gives the same numbers."""
+    seed = cfg["seed"]
+    x, _ = draw_samples(generator, None, n, cfg, "g", torch.Generator().manual_seed(seed + 2), device)  # fmt: skip
+    result = {"sampler": sampler, "g_alone": evaluator.score(x)}
+    if sampler == "drs":
+        rng = torch.Generator().manual_seed(seed + 3)
+        x, stats = draw_samples(generator, discriminator, n, cfg, "drs", rng, device)
+        result.update(evaluator.score(x), **stats)
+    else:
+        result.update(result["g_alone"])
+    result.update(fid_floor=evaluator.fid_floor, is_real_test=evaluator.is_real_test)
+    return result
 
 
-def save_grid(x01: torch.Tensor, path: Path, nrow: int) -> None:
-    from torchvision.utils import save_image
+def format_eval(r: dict) -> str:
+    g = r["g_alone"]
+    fractions = " ".join(f"{d}:{f:.3f}" for d, f in enumerate(r["digit_fractions"]))
+    kept = f", DRS kept {r['drs_acceptance']:.1%}" if "drs_acceptance" in r else ""
+    return (f"  {r['sampler']}: IS {r['is']:.2f}  FID {r['fid']:.2f} (floor {r['fid_floor']:.2f})"
+            f"  E H(y|x) {r['mean_conditional_entropy']:.3f}{kept}\n"
+            f"  G alone: IS {g['is']:.2f}  FID {g['fid']:.2f}\n  digit shares {fractions}")  # fmt: skip
 
+
+# ------------------------------------------------------------------------------------- figures
+
+
+def save_grid(x01: torch.Tensor, path: Path, nrow: int, title: str) -> None:
+    """A grid of 28x28 samples with its title (epoch, step, sampler) inside the image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    grid = make_grid(x01.reshape(-1, 1, 28, 28).clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)  # fmt: skip
+    n, ncol = len(x01), nrow
+    fig, ax = plt.subplots(figsize=(0.55 * ncol + 0.6, 0.55 * math.ceil(n / ncol) + 1.0))
+    ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(f"{n} samples, {ncol} per row (28 x 28 px each)", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(
-        x01.reshape(-1, 1, 28, 28).clamp(0, 1).cpu(), path, nrow=nrow, padding=2, pad_value=1.0
-    )
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
-def plot_losses(history: list[dict], path: Path) -> None:
+def plot_losses(history: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1036,11 +1038,13 @@ def plot_losses(history: list[dict], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     ax1.plot(steps, [h["d_loss"] for h in history], label="D loss")
     ax1.plot(steps, [h["g_loss"] for h in history], label="G loss")
-    ax1.set_ylabel("loss")
+    ax1.set_ylabel("loss (nats, mean over 100 steps)")
+    ax1.set_title(title)
     ax1.legend()
-    ax2.plot(steps, [h["d_real"] for h in history], label="mean D(x)")
-    ax2.plot(steps, [h["d_fake"] for h in history], label="mean D(G(z))")
+    ax2.plot(steps, [h["d_real"] for h in history], label="mean D(x), real")
+    ax2.plot(steps, [h["d_fake"] for h in history], label="mean D(G(z)), generated")
     ax2.set_ylim(0, 1)
+    ax2.set_ylabel("D's probability of real")
     ax2.set_xlabel("generator step")
     ax2.legend()
     fig.tight_layout()
@@ -1048,397 +1052,203 @@ def plot_losses(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-# --------------------------------------------------------------------------------------------
-# Modes: generate, train
-# --------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------- train
 
 
-def generator_from_checkpoint(ckpt: dict, device: torch.device) -> tuple[nn.Module, dict]:
-    """The generator used for sampling: the EMA weights when the run kept them."""
-    cfg = ckpt["config"]
-    g = build_generator(cfg["preset"]).to(device)
-    g.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["generator"])
-    return g, cfg
-
-
-def discriminator_from_checkpoint(ckpt: dict, device: torch.device) -> nn.Module:
-    cfg = ckpt["config"]
-    d = build_discriminator(cfg["preset"], cfg.get("d_dropout", 0.0)).to(device)
-    d.load_state_dict(ckpt["discriminator"])
-    return d
-
-
-def sampling_config(cfg: dict, args: argparse.Namespace) -> dict:
-    """How a saved run draws samples: --sampler when given, else the run's own choice (its
-    preset's for runs saved before DRS existed); the DRS settings come from this command line."""
-    sampler = args.sampler or cfg.get("sampler") or PRESETS[cfg["preset"]]["sampler"]
-    return {
-        **cfg,
-        "sampler": sampler,
-        **{k: getattr(args, k) for k in ("drs_percentile", "drs_burn_in")},
-    }
-
-
-def generate_mode(args: argparse.Namespace, device: torch.device) -> None:
-    ckpt = torch.load(args.checkpoint, map_location=device, weights_only=False)
-    g, cfg = generator_from_checkpoint(ckpt, device)
-    cfg = sampling_config(cfg, args)
-    d = discriminator_from_checkpoint(ckpt, device) if cfg["sampler"] == "drs" else None
-    rng = torch.Generator().manual_seed(args.seed)
-    x01, stats = draw_samples(g, d, args.generate, cfg, rng, device)
-    if stats:
-        print(f"DRS kept {stats['drs_acceptance']:.1%} of G's samples")
-    images = (x01.reshape(-1, 28, 28) * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-    args.samples_out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.samples_out, images)
-    print(f"wrote {images.shape} uint8 samples to {args.samples_out}")
-
-
-def eval_only_mode(args: argparse.Namespace, device: torch.device) -> dict:
-    """Re-score a saved run: the same evaluation as at the end of training, on fresh noise
-    from the run's evaluation seed, so an unchanged checkpoint reproduces its final scores."""
-    ckpt = torch.load(args.checkpoint, map_location=device, weights_only=False)
-    cfg = sampling_config(ckpt["config"], args)
-    gens = {}
-    for name, key in (("raw", "generator"), ("ema", "ema")):
-        if ckpt.get(key) is not None:
-            gens[name] = build_generator(cfg["preset"]).to(device)
-            gens[name].load_state_dict(ckpt[key])
-    mnist = load_mnist(args.data_root)
-    classifier, _ = load_or_train_classifier(mnist, args.data_root, device)
-    evaluator = Evaluator(
-        classifier, mnist, device, min(args.eval_samples, len(mnist["train_images"]))
-    )
-    result = {"epoch": ckpt["epoch"], "step": ckpt["step"]}
-    d = discriminator_from_checkpoint(ckpt, device) if cfg["sampler"] == "drs" else None
-    result.update(evaluate(evaluator, gens, d, cfg, args.eval_samples, device, cfg["seed"] + 2))
-    print(f"eval of {args.checkpoint} (epoch {ckpt['epoch']}):\n{format_eval(result)}")
-    out = args.checkpoint.parent / "eval_only.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
-    print(f"wrote {out}")
-    return result
-
-
-def evaluate(
-    evaluator: Evaluator,
-    generators: dict[str, nn.Module],
-    discriminator: nn.Module | None,
-    cfg: dict,
-    n: int,
-    device: torch.device,
-    seed: int,
-) -> dict:
-    """Score every sampler (raw / EMA weights x batch / running BN statistics) on the same noise,
-    and with --sampler drs also the configured generator's samples kept by D (variant
-    "<name>/<bn>+drs"); the configured sampler is the headline."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    z = torch.randn(n, cfg["latent_dim"], generator=gen).to(device)
-    variants = {}
-    for name, g in generators.items():
-        for bn_mode in ("batch", "running"):
-            x = to_unit_range(sample(g, z, bn_mode, cfg["batch_size"]), cfg["preset"])
-            variants[f"{name}/{bn_mode}"] = evaluator.score(x)
-    headline_name = f"{'ema' if 'ema' in generators else 'raw'}/{cfg['sample_bn']}"
-    if cfg["sampler"] == "drs" and discriminator is not None:
-        rng = torch.Generator().manual_seed(seed + 1)
-        x, stats = draw_samples(
-            generators[headline_name.split("/")[0]], discriminator, n, cfg, rng, device
-        )
-        headline_name += "+drs"
-        variants[headline_name] = {**evaluator.score(x), **stats}
-    return {
-        "sampler": headline_name,
-        **variants[headline_name],
-        "fid_floor": evaluator.fid_floor,
-        "is_real_test": evaluator.is_real_test,
-        "real_test_entropies": evaluator.real_test_entropies,
-        "variants": variants,
-    }
-
-
-def format_eval(result: dict) -> str:
-    lines = [
-        f"  FID {result['fid']:.3f} (floor train-vs-test {result['fid_floor']:.3f}, "
-        f"x{result['fid_over_floor']:.1f})  IS {result['is']:.2f} +- {result['is_std']:.2f} "
-        f"(real test {result['is_real_test']:.2f})  sampler {result['sampler']}",
-        "  digit fractions "
-        + " ".join(f"{d}:{f:.3f}" for d, f in enumerate(result["digit_fractions"])),
-    ]
-    real = result["real_test_entropies"]
-    lines.append(
-        f"  H(y) {result['label_entropy']:.3f} nats (uniform {math.log(10):.3f}), "
-        f"E H(y|x) {result['mean_conditional_entropy']:.3f}, "
-        f"ambiguous (H(y|x) > 0.5) {result['ambiguous_fraction']:.3f} "
-        f"(real test: {real['mean_conditional_entropy']:.3f}, {real['ambiguous_fraction']:.3f})"
-    )
-    for name, v in result["variants"].items():
-        kept = f"  DRS kept {v['drs_acceptance']:.1%}" if "drs_acceptance" in v else ""
-        lines.append(
-            f"    {name:17s} FID {v['fid']:8.3f}  IS {v['is']:.2f}  min digit "
-            f"{v['min_digit_fraction']:.3f}{kept}"
-        )
-    return "\n".join(lines)
+def run_config(args: argparse.Namespace, n_train: int) -> dict:
+    """The flat config of a new run: the preset, then the flags that override it."""
+    preset = PRESETS[args.preset]
+    cfg = {"preset": args.preset, **preset}
+    for key in OVERRIDABLE:
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    for key in ("seed", "batch_size", "d_steps", "g_loss", "r1_every", "drs_percentile",
+                "eval_every", "eval_samples", "precision", "run_name"):  # fmt: skip
+        cfg[key] = getattr(args, key)
+    cfg["data_root"] = str(args.data_root.resolve())
+    cfg["steps_per_epoch"] = n_train // (args.batch_size * args.d_steps)
+    cfg["n_train"] = n_train
+    return cfg
 
 
 def train(args: argparse.Namespace, device: torch.device) -> dict:
+    ckpt = load_checkpoint(args.resume, version=CHECKPOINT_VERSION) if args.resume else None
+    run_dir = resolve_run_dir(args)
+    if ckpt is not None and "--data-root" not in args.given:
+        args.data_root = Path(ckpt["config"]["data_root"])
     mnist = load_mnist(args.data_root)
     n_train = len(mnist["train_images"])
-    start_epoch, history, evals, ckpt = 0, [], [], None
-    if args.resume is not None:
-        ckpt = torch.load(args.resume, map_location=device, weights_only=False)
+    if ckpt is not None:
         cfg = dict(ckpt["config"])
-        # Run-control flags come from this command line; everything else from the checkpoint.
-        for key in ("epochs", "eval_every", "eval_samples", "sample_every", "log_every", "threads"):
-            cfg[key] = getattr(args, key)
-        cfg = sampling_config(cfg, args)
-        run_dir = args.resume.parent
-        start_epoch, history, evals = ckpt["epoch"], ckpt["history"], ckpt["evals"]
-        if start_epoch >= cfg["epochs"]:
-            print(
-                f"checkpoint is at epoch {start_epoch} >= --epochs {cfg['epochs']}: nothing to train"
-            )
+        if cfg["n_train"] != n_train:
+            raise RunError(f"{args.data_root} holds {n_train} training images; the run in "
+                           f"{run_dir} trained on {cfg['n_train']}")  # fmt: skip
     else:
-        preset = PRESETS[args.preset]
-        cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        cfg.update(
-            latent_dim=preset["latent_dim"],
-            lr=preset["lr"],
-            betas=list(preset["betas"]),
-            weight_decay=preset["weight_decay"],
-            pixel_range=preset["pixel_range"],
-            recon_weight=preset["recon_weight"] if args.recon_weight is None else args.recon_weight,
-            r1_gamma=preset["r1_gamma"] if args.r1_gamma is None else args.r1_gamma,
-            sampler=preset["sampler"] if args.sampler is None else args.sampler,
-            n_train=n_train,
-            steps_per_epoch=n_train // (args.batch_size * args.d_steps),
-            torch_threads=torch.get_num_threads(),
-            classifier_config=CLASSIFIER_CONFIG,
-        )
-        run_name = args.run_name or time.strftime("%Y%m%d-%H%M%S")
-        run_dir = args.out / Path(__file__).stem / run_name
-        seed_everything(args.seed)
-    if cfg["batch_size"] * cfg["d_steps"] > n_train:
-        raise SystemExit(
-            f"error: --batch-size {cfg['batch_size']} x --d-steps {cfg['d_steps']} is larger than "
-            f"the {n_train} training images"
-        )
-    # Checkpoints written before these flags existed trained without them.
-    for key, old_default in (
-        ("d_dropout", 0.0), ("real_label", 1.0), ("lr_decay", "none"), ("precision", "float32"),
-        ("r1_gamma", 0.0), ("r1_every", 4), ("d_lr_scale", 1.0), ("top_k", 1.0),
-        ("top_k_decay", 0.99), ("recon_decay", "none"), ("r1_pass", "separate"),
-    ):  # fmt: skip
-        cfg.setdefault(key, old_default)
+        cfg = run_config(args, n_train)
+        if cfg["steps_per_epoch"] < 1:
+            raise UsageError(f"--batch-size {args.batch_size} x --d-steps {args.d_steps} is more "
+                             f"than the {n_train} training images")  # fmt: skip
+    cfg["threads"], cfg["device"] = args.threads, str(device)
     autocast_dtype = resolve_precision(cfg["precision"], device)
-    cfg["autocast_dtype"] = str(autocast_dtype).replace("torch.", "") if autocast_dtype else None
-    cfg["device_used"] = str(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-    print(
-        f"run dir {run_dir}  device {device}  preset {cfg['preset']}  recon {cfg['recon_weight']}"
-        f"  r1 {cfg['r1_gamma']}"
+    cfg["autocast_dtype"] = (
+        str(autocast_dtype).replace("torch.", "") if autocast_dtype else "float32"
     )
+    classifier, clf_acc = load_or_train_classifier(mnist, args.data_root, device)
 
-    # All of MNIST train in one tensor on the device; batches are drawn by index.
-    train_x = to_model_range(images_to_tensor(mnist["train_images"], device), cfg["preset"])
-
-    g = build_generator(cfg["preset"]).to(device)
-    d = build_discriminator(cfg["preset"], cfg["d_dropout"]).to(device)
-    g_opt = make_adam(g, cfg)
-    d_opt = make_adam(d, cfg, cfg["lr"] * cfg["d_lr_scale"])
+    seed_everything(cfg["seed"])
+    arch, spe, total = cfg["arch"], cfg["steps_per_epoch"], cfg["epochs"] * cfg["steps_per_epoch"]
+    train_x = to_model_range(images_to_tensor(mnist["train_images"], device), arch)
+    g = build_generator(arch, cfg["latent_dim"]).to(device)
+    d = build_discriminator(arch).to(device)
     ema = copy.deepcopy(g).requires_grad_(False) if cfg["ema_decay"] > 0 else None
-    fixed_z = torch.randn(
-        64, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"] + 1)
-    )
-    fixed_z = fixed_z.to(device)
+    nets = Nets(g, d, make_adam(g, cfg), make_adam(d, cfg), ema)
+    sc = StepConfig(cfg["latent_dim"], cfg["g_loss"], cfg["recon_weight"], cfg["r1_gamma"],
+                    cfg["r1_every"], cfg["ema_decay"], autocast_dtype)  # fmt: skip
+    fixed_z = torch.randn(64, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"] + 1)).to(device)  # fmt: skip
+    start_epoch, history, evals = 0, [], []
     if ckpt is not None:
         g.load_state_dict(ckpt["generator"])
         d.load_state_dict(ckpt["discriminator"])
-        for opt, key in ((g_opt, "g_opt"), (d_opt, "d_opt")):
-            # The saved param groups carry the implementation flags of the machine that wrote
-            # them (fused / foreach); keep the ones chosen for this machine.
-            impl = {f: opt.param_groups[0].get(f) for f in ("fused", "foreach")}
-            opt.load_state_dict(ckpt[key])
-            for group in opt.param_groups:
-                group.update(impl)
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        np.random.set_state(ckpt["rng"]["numpy"])
-        random.setstate(ckpt["rng"]["python"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        nets.g_opt.load_state_dict(ckpt["g_opt"])
+        nets.d_opt.load_state_dict(ckpt["d_opt"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, history, evals = ckpt["epoch"], ckpt["history"], ckpt["evals"]
+    open_run_dir(run_dir, dict(cfg), resume=ckpt is not None, overwrite=args.overwrite)
+    log_path = run_dir / "log.jsonl"
+    if ckpt is not None and log_path.exists():
+        # A kill after the checkpoint left rows of the epoch that is now replayed: drop them.
+        with open(log_path, "r+b") as f:
+            f.truncate(ckpt["log_bytes"])
+    print(f"run {run_dir}: preset {cfg['preset']}, {cfg['epochs']} epochs, device {device}, "
+          f"{cfg['autocast_dtype']} Linear layers", flush=True)  # fmt: skip
 
-    classifier, clf_acc = load_or_train_classifier(mnist, args.data_root, device)
-    evaluator: Evaluator | None = None
+    sampler_net = ema if ema is not None else g
+    evaluator = None
 
     def run_eval(epoch: int, step: int) -> dict:
         nonlocal evaluator
         if evaluator is None:
             evaluator = Evaluator(classifier, mnist, device, min(cfg["eval_samples"], n_train))
-        gens = {"raw": g, **({"ema": ema} if ema is not None else {})}
         t0 = time.time()
-        result = {"epoch": epoch, "step": step}
-        result.update(
-            evaluate(evaluator, gens, d, cfg, cfg["eval_samples"], device, cfg["seed"] + 2)
-        )
-        print(
-            f"eval after epoch {epoch} (step {step}, {time.time() - t0:.0f} s):\n{format_eval(result)}"
-        )
-        return result
+        r = {"epoch": epoch, "step": step,
+             **evaluate(evaluator, sampler_net, d, cfg, cfg["sampler"], cfg["eval_samples"], device)}  # fmt: skip
+        print(f"eval after epoch {epoch} ({time.time() - t0:.0f} s):\n{format_eval(r)}", flush=True)
+        append_jsonl(log_path, {"type": "eval", **r})
+        return r
 
-    def sampler() -> nn.Module:
-        return ema if ema is not None else g
-
-    log_file = (run_dir / "log.jsonl").open("a")
-    steps_per_epoch = cfg["steps_per_epoch"]
+    step = start_epoch * spe
     k, batch = cfg["d_steps"], cfg["batch_size"]
-    step = start_epoch * steps_per_epoch
-    t_start = time.time()
-    steps_this_run = 0
-    train_time = 0.0
+    progress = Progress(total, initial=step)
+    t_start, train_s = time.time(), 0.0
     for epoch in range(start_epoch, cfg["epochs"]):
-        g.train()
-        d.train()
-        perm = torch.randperm(n_train, device=device)
-        sums: dict[str, torch.Tensor] = {}
-        n_sum = 0
-        top_k = top_k_count(batch, cfg["top_k"], cfg["top_k_decay"], epoch)
-        t_epoch = time.time()
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{cfg['epochs']}",
-            disable=not sys.stderr.isatty(),
-        )
-        for i in bar:
-            # Linear schedules scale by 1 - t / T over the planned T steps, from the step count
-            # so that a resumed run continues the same schedule.
-            left = 1.0 - step / (cfg["epochs"] * steps_per_epoch)
-            if cfg["lr_decay"] == "linear":
-                for opt, scale in ((g_opt, 1.0), (d_opt, cfg["d_lr_scale"])):
+        perm = torch.randperm(n_train, device=device)  # from the run's RNG, restored on resume
+        sums, n_sum, t_epoch = {}, 0, time.time()
+        for i in range(spe):
+            if cfg["lr_decay"] == "linear":  # lr_t = lr (1 - t / T) over the planned T steps
+                for opt in (nets.g_opt, nets.d_opt):
                     for group in opt.param_groups:
-                        group["lr"] = cfg["lr"] * scale * left
-            recon_now = cfg["recon_weight"] * (left if cfg["recon_decay"] == "linear" else 1.0)
+                        group["lr"] = cfg["lr"] * (1.0 - step / total)
             first = i * k * batch
-            real_batches = [
-                train_x[perm[first + j * batch : first + (j + 1) * batch]] for j in range(k)
-            ]
-            stats = train_step(
-                g, d, g_opt, d_opt, real_batches, cfg["latent_dim"], cfg["g_loss"],
-                recon_now, ema, cfg["ema_decay"], step, cfg["real_label"],
-                autocast_dtype, cfg["r1_gamma"], cfg["r1_every"], top_k, cfg["r1_pass"] == "shared",
-            )  # fmt: skip
+            reals = [train_x[perm[first + j * batch : first + (j + 1) * batch]] for j in range(k)]
+            stats = train_step(nets, reals, step, sc)
             step += 1
-            steps_this_run += 1
             for key, v in stats.items():
-                sums[key] = sums.get(key, 0) + v
+                sums[key] = sums.get(key, 0.0) + v
             n_sum += 1
-            if step % cfg["log_every"] == 0 or i == steps_per_epoch - 1:
-                record = {
-                    "step": step,
-                    "epoch": epoch + 1,
-                    **{k_: (v / n_sum).item() for k_, v in sums.items()},
-                }
+            msg = ""
+            if step % LOG_EVERY == 0 or i == spe - 1:
+                row = {"step": step, "epoch": epoch + 1, **{key: (v / n_sum).item() for key, v in sums.items()}}  # fmt: skip
+                history.append(row)
+                append_jsonl(log_path, row)
                 sums, n_sum = {}, 0
-                history.append(record)
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                rate = steps_this_run / (train_time + time.time() - t_epoch)
-                msg = (
-                    f"epoch {epoch + 1}/{cfg['epochs']} step {step} d_loss {record['d_loss']:.3f} "
-                    f"g_loss {record['g_loss']:.3f} D(x) {record['d_real']:.3f} "
-                    f"D(G(z)) {record['d_fake']:.3f} {rate:.1f} steps/s"
-                )
-                if bar.disable:
-                    print(msg, flush=True)
-                else:
-                    bar.set_postfix_str(msg.split(" ", 3)[3])
-            if step % cfg["sample_every"] == 0:
-                x = sample(sampler(), fixed_z, cfg["sample_bn"], batch)
-                save_grid(
-                    to_unit_range(x, cfg["preset"]), run_dir / "samples" / f"step_{step:07d}.png", 8
-                )
-        train_time += time.time() - t_epoch
-        x = sample(sampler(), fixed_z, cfg["sample_bn"], batch)
-        save_grid(to_unit_range(x, cfg["preset"]), run_dir / "samples" / f"step_{step:07d}.png", 8)
+                msg = f"epoch {epoch + 1} d_loss {row['d_loss']:.3f} g_loss {row['g_loss']:.3f}"
+            progress.update(1, msg)
+        train_s += time.time() - t_epoch
         done = epoch + 1
+        x01 = to_unit_range(sample(sampler_net, fixed_z, batch), arch)
+        save_grid(x01, run_dir / "samples" / f"epoch_{done:03d}.png", 8,
+                  f"{SCRIPT} {cfg['preset']}: epoch {done}/{cfg['epochs']}, step {step}\n"
+                  f"{'EMA of G' if ema is not None else 'G'}, fixed noise z")  # fmt: skip
         if cfg["eval_every"] > 0 and done % cfg["eval_every"] == 0 and done < cfg["epochs"]:
             evals.append(run_eval(done, step))
-            log_file.write(json.dumps({"type": "eval", **evals[-1]}) + "\n")
-        log_file.write(
-            json.dumps(
-                {"type": "epoch", "epoch": done, "step": step, "epoch_s": time.time() - t_epoch}
-            )
-            + "\n"
+        append_jsonl(log_path, {"type": "epoch", "epoch": done, "step": step,
+                                "epoch_s": time.time() - t_epoch})  # fmt: skip
+        state = {"config": cfg, "generator": g.state_dict(), "discriminator": d.state_dict(),
+                 "ema": ema.state_dict() if ema is not None else None,
+                 "g_opt": nets.g_opt.state_dict(), "d_opt": nets.d_opt.state_dict(),
+                 "epoch": done, "step": step, "history": history, "evals": evals,
+                 "log_bytes": log_path.stat().st_size}  # fmt: skip
+        save_checkpoint(run_dir / "checkpoint.pt", state, version=CHECKPOINT_VERSION)
+        plot_losses(
+            history, run_dir / "losses.png", f"{SCRIPT} {cfg['preset']}, seed {cfg['seed']}"
         )
-        log_file.flush()
-        checkpoint = {
-            "generator": g.state_dict(),
-            "discriminator": d.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "g_opt": g_opt.state_dict(),
-            "d_opt": d_opt.state_dict(),
-            "epoch": done,
-            "step": step,
-            "config": cfg,
-            "history": history,
-            "evals": evals,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-            },
-        }
-        atomic_torch_save(checkpoint, run_dir / "checkpoint.pt")
-        plot_losses(history, run_dir / "losses.png")
+    progress.close()
 
-    # Final evaluation, grid and metrics.
-    final_step = max(step, start_epoch * steps_per_epoch)
     if not evals or evals[-1]["epoch"] != cfg["epochs"]:
-        evals.append(run_eval(cfg["epochs"], final_step))
-        log_file.write(json.dumps({"type": "eval", **evals[-1]}) + "\n")
-    log_file.close()
-    rng = torch.Generator().manual_seed(cfg["seed"] + 3)
-    x01, _ = draw_samples(sampler(), d, 256, cfg, rng, device)
-    save_grid(x01, run_dir / "samples_final.png", 16)
-    plot_losses(history, run_dir / "losses.png")
-    metrics = {
-        "epochs": cfg["epochs"],
-        "steps": final_step,
-        "steps_this_run": steps_this_run,
-        "train_steps_per_s": steps_this_run / train_time if train_time > 0 else None,
-        "wall_time_s": time.time() - t_start,
-        "classifier_test_accuracy": clf_acc,
-        "final": evals[-1],
-        "evals": [{k_: v for k_, v in e.items() if k_ != "variants"} for e in evals],
-    }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"done in {metrics['wall_time_s']:.0f} s; wrote {run_dir}")
+        evals.append(run_eval(cfg["epochs"], step))
+    final = evals[-1]
+    rng = torch.Generator().manual_seed(cfg["seed"] + 4)
+    x01, _ = draw_samples(sampler_net, d, 256, cfg, cfg["sampler"], rng, device)
+    save_grid(x01, run_dir / "samples_final.png", 16,
+              f"{SCRIPT} {cfg['preset']}, seed {cfg['seed']}: end of epoch {cfg['epochs']}, step "
+              f"{step}\nsampler {final['sampler']}: IS {final['is']:.2f}, FID {final['fid']:.1f}")  # fmt: skip
+    steps_run = step - start_epoch * spe
+    metrics = {"epochs": cfg["epochs"], "steps": step, "steps_this_run": steps_run,
+               "train_steps_per_s": steps_run / train_s if train_s > 0 else None,
+               "wall_time_s": time.time() - t_start, "classifier_test_accuracy": clf_acc,
+               "final": final, "evals": evals}  # fmt: skip
+    write_json(run_dir / "metrics.json", metrics)
+    print(f"done in {metrics['wall_time_s']:.0f} s; wrote {run_dir}", flush=True)
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_args(parser, args)
-    device = pick_device(args.device)
-    torch.set_num_threads(args.threads)
+def sample_mode(args: argparse.Namespace, device: torch.device) -> dict | None:
+    """--generate N / --eval-only: draw from or re-score a saved run, no training."""
+    ckpt = load_checkpoint(args.checkpoint, version=CHECKPOINT_VERSION, flag="--checkpoint")
+    cfg = {**ckpt["config"], "drs_percentile": args.drs_percentile}
+    sampler = args.sampler or cfg["sampler"]
+    g = build_generator(cfg["arch"], cfg["latent_dim"]).to(device)
+    g.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["generator"])
+    d = build_discriminator(cfg["arch"]).to(device)
+    d.load_state_dict(ckpt["discriminator"])
     if args.generate is not None:
-        generate_mode(args, device)
-        return
-    if args.eval_only:
-        eval_only_mode(args, device)
-        return
-    if args.train_classifier_only:
-        mnist = load_mnist(args.data_root)
-        _, acc = load_or_train_classifier(mnist, args.data_root, device, force=True)
-        print(f"classifier test accuracy {acc:.4f}; cached in {args.data_root / 'cache'}")
-        return
-    train(args, device)
+        rng = torch.Generator().manual_seed(args.seed)
+        x01, stats = draw_samples(g, d, args.generate, cfg, sampler, rng, device)
+        if stats:
+            print(f"DRS kept {stats['drs_acceptance']:.1%} of G's samples")
+        images = (x01.reshape(-1, 28, 28) * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()  # fmt: skip
+        args.samples_out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.samples_out, images)
+        print(f"wrote {images.shape} uint8 samples to {args.samples_out}")
+        return None
+    # --eval-only: the run's own evaluation seed, so an unchanged checkpoint re-scores the same.
+    if "--data-root" not in args.given:
+        args.data_root = Path(cfg["data_root"])
+    mnist = load_mnist(args.data_root)
+    classifier, _ = load_or_train_classifier(mnist, args.data_root, device)
+    evaluator = Evaluator(classifier, mnist, device, min(args.eval_samples, len(mnist["train_images"])))  # fmt: skip
+    result = {"epoch": ckpt["epoch"], "step": ckpt["step"],
+              **evaluate(evaluator, g, d, cfg, sampler, args.eval_samples, device)}  # fmt: skip
+    print(f"eval of {args.checkpoint} (epoch {ckpt['epoch']}):\n{format_eval(result)}")
+    write_json(args.checkpoint.parent / "eval_only.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = build_parser().parse_args(argv)
+    args.given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    check_common_args(args)
+    check_args(args)
+    set_threads(args.threads)
+    device = pick_device(args.device)
+    if args.generate is not None or args.eval_only:
+        sample_mode(args, device)
+    else:
+        train(args, device)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -1,32 +1,27 @@
-"""Training speed of gan_mnist.py vs. the source notes' way of training the same models.
+"""gan_mnist.py's default recipe over seeds -> results/gan_mnist_default.json; and its training
+speed against the study notes' loop.
 
-All pipelines train the `notes` preset's G and D at batch 64 on the same device; they are timed
-in alternating rounds in one process (so background load hits all alike):
+Quality (the default): runs `python gan_mnist.py --seed S` for each seed, one after the other,
+reads each run's metrics.json and (re)writes results/gan_mnist_default.json after every seed,
+keeping the rows of seeds measured earlier (so seeds can be added a few at a time). Targets:
+end-of-run IS >= 9 and every digit >= 5 % of the samples, with the built-in evaluation.
 
-  script      gan_mnist.py as it trains: MNIST in one float tensor, batches drawn by index,
-              `gan_mnist.train_step` (D scores real and fake in one pass, EMA of G, the
-              preset's lazy R1 penalty on D every 4th step, in the script's default
-              --r1-pass), fused Adam
-              where available, and the script's --precision (bfloat16 autocast on CPUs with
-              native bf16 when it is `auto`);
-  tensor      the same tensor batches and `train_step`, but float32 and torch.optim.Adam's
-              default implementation: isolates what the data path alone is worth;
-  notes       the notes' loop: torchvision.datasets.MNIST + transforms.ToTensor() +
-              DataLoader(batch_size=64, shuffle=True, num_workers=0) (a PIL image and a
-              ToTensor call per sample), torch.optim.Adam, float32, G updated first with the L1
-              term, then D on separate real and fake passes (BCE), as written in the notes.
+    python benchmarks/bench_gan_mnist.py --seeds 100 101 102 103 104   # ~10 min a seed, 1 core
+    python benchmarks/bench_gan_mnist.py --seeds 100 --extra --epochs 1 --eval-samples 2000  # quick
 
-The headline is steps/s of `script` over `notes`; `tensor` over `notes` is the data path's share.
-The data-only time per batch of the two input pipelines is measured too. Prints and writes JSON.
+Speed: `--speed` times gan_mnist.train_step on tensor batches against the notes' loop
+(torchvision MNIST + ToTensor + DataLoader, plain Adam, float32, G step then D step on separate
+passes), in alternating rounds in one process, and prints steps/s and their ratio.
 
-Command:  python benchmarks/bench_gan_mnist.py            (~3 min on a 2-core CPU)
-Quick:    python benchmarks/bench_gan_mnist.py --steps 50 --rounds 1
+    python benchmarks/bench_gan_mnist.py --speed            # ~3 min on a 2-core CPU
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,20 +30,53 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gan_mnist as gm  # noqa: E402
+from results import REPO_ROOT, RESULTS_DIR, write_results  # noqa: E402
 
-R1_EVERY = gm.build_parser().get_default("r1_every")  # the script's lazy-R1 interval
-R1_SHARED = gm.build_parser().get_default("r1_pass") == "shared"
+NAME = "gan_mnist_default"
+METRICS = {
+    "is": "IS (DRS, end)",
+    "fid": "FID (DRS, end)",
+    "min_digit_pct": "smallest digit share, %",
+    "is_g": "IS (G alone)",
+    "fid_g": "FID (G alone)",
+    "wall_min": "wall time, min",
+}
+TARGETS = {"is": [">=", 9.0], "min_digit_pct": [">=", 5.0]}
+
+
+def quality(args: argparse.Namespace) -> None:
+    path = RESULTS_DIR / f"{NAME}.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    runs = [r for r in old.get("runs", []) if r["seed"] not in args.seeds]
+    command = "python gan_mnist.py --seed {seed}" + "".join(f" {a}" for a in args.extra)
+    for seed in args.seeds:
+        name = f"bench_s{seed}"
+        cmd = [sys.executable, str(REPO_ROOT / "gan_mnist.py"), "--seed", str(seed), "--run-name",
+               name, "--out", str(args.out), "--threads", "1", "--overwrite", *args.extra]  # fmt: skip
+        print(" ".join(cmd), flush=True)
+        t0 = time.time()
+        subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        m = json.loads((args.out / "gan_mnist" / name / "metrics.json").read_text())
+        final = m["final"]
+        runs.append({"seed": seed, "is": final["is"], "fid": final["fid"],
+                     "min_digit_pct": 100 * final["min_digit_fraction"],
+                     "is_g": final["g_alone"]["is"], "fid_g": final["g_alone"]["fid"],
+                     "wall_min": (time.time() - t0) / 60,
+                     "drs_acceptance": final.get("drs_acceptance"),
+                     "digit_fractions": final["digit_fractions"]})  # fmt: skip
+        carried = [r for r in runs if r.get("carried_over")]
+        note = old.get("note", "") if carried else ""
+        written = write_results(NAME, "gan_mnist.py", command, METRICS, runs, TARGETS, note)
+        print(f"seed {seed}: IS {final['is']:.2f}, FID {final['fid']:.1f}; wrote {written}")
 
 
 def notes_step(g, d, g_opt, d_opt, real, latent_dim: int) -> torch.Tensor:
-    """One iteration of the notes' training loop (G first, then D), on logits for stability."""
-    z = torch.randn(real.shape[0], latent_dim, device=real.device)
-    fake = g(z)
+    """One iteration of the notes' loop (G first, then D), on logits for stability."""
+    fake = g(torch.randn(real.shape[0], latent_dim))
     g_opt.zero_grad()
-    recon = (fake - real).abs().mean()
-    g_loss = 0.05 * recon + F.softplus(-d(fake)).mean()
-    g_loss.backward()
+    (0.05 * (fake - real).abs().mean() + F.softplus(-d(fake)).mean()).backward()
     g_opt.step()
     d_opt.zero_grad()
     d_loss = F.softplus(-d(real)).mean() + F.softplus(d(fake.detach())).mean()
@@ -57,149 +85,65 @@ def notes_step(g, d, g_opt, d_opt, real, latent_dim: int) -> torch.Tensor:
     return d_loss.detach()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", type=Path, default=Path("data"))
-    p.add_argument("--steps", type=int, default=300, help="timed training steps per round")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per pipeline")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (gan_mnist.py's default)"
-    )
-    p.add_argument(
-        "--precision",
-        choices=["auto", "float32", "bfloat16"],
-        default=gm.build_parser().get_default("precision"),
-        help="the script pipeline's --precision (default: gan_mnist.py's default)",
-    )
-    p.add_argument("--json", type=Path, default=Path("outputs/benchmarks/bench_gan_mnist.json"))
-    args = p.parse_args()
-    if args.steps < 1 or args.rounds < 1:
-        p.error("--steps and --rounds must be >= 1")
-
+def speed(args: argparse.Namespace) -> None:
     from torchvision import datasets, transforms
 
-    device = gm.pick_device(args.device)
-    torch.set_num_threads(args.threads)
-    batch, preset = 64, "notes"
-    cfg = gm.PRESETS[preset]
-    autocast_dtype = gm.resolve_precision(args.precision, device)
+    torch.set_num_threads(1)
     torch.manual_seed(0)
-
-    mnist = gm.load_mnist(args.data_root)  # exits with a clear message when MNIST is missing
-    train_x = gm.images_to_tensor(mnist["train_images"], device)
+    cfg, batch = gm.PRESETS["recipe"], 64
+    x = gm.images_to_tensor(gm.load_mnist(args.data_root)["train_images"], torch.device("cpu"))
 
     def tensor_batches():
         while True:
-            perm = torch.randperm(len(train_x), device=device)
-            for i in range(len(train_x) // batch):
-                yield train_x[perm[i * batch : (i + 1) * batch]]
+            perm = torch.randperm(len(x))
+            for i in range(len(x) // batch):
+                yield x[perm[i * batch : (i + 1) * batch]]
 
-    dataset = datasets.MNIST(
-        str(args.data_root), train=True, download=False, transform=transforms.ToTensor()
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch, shuffle=True, num_workers=0, drop_last=True
-    )
+    dataset = datasets.MNIST(str(args.data_root), train=True, transform=transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True)
 
     def loader_batches():
         while True:
             for images, _ in loader:
-                yield images.reshape(images.shape[0], -1).to(device)
+                yield images.reshape(len(images), -1)
 
-    def models(script_optimizer: bool):
-        g = gm.build_generator(preset).to(device)
-        d = gm.build_discriminator(preset).to(device)
-        if script_optimizer:
-            return g, d, gm.make_adam(g, cfg), gm.make_adam(d, cfg)
-        kw = dict(lr=cfg["lr"], betas=cfg["betas"], weight_decay=cfg["weight_decay"])
-        return g, d, torch.optim.Adam(g.parameters(), **kw), torch.optim.Adam(d.parameters(), **kw)
-
-    def script_like(nets, precision):
-        g, d, g_opt, d_opt = nets
-        ema = gm.copy.deepcopy(g).requires_grad_(False)
-
-        def step(real, i):
-            return gm.train_step(
-                g, d, g_opt, d_opt, [real], cfg["latent_dim"], recon_weight=cfg["recon_weight"],
-                ema=ema, ema_decay=0.999, step=i, autocast_dtype=precision,
-                r1_gamma=cfg["r1_gamma"], r1_every=R1_EVERY, r1_fused=R1_SHARED,
-            )["d_loss"]  # fmt: skip
-
-        return step
-
-    def notes_like(nets):
-        def step(real, i):
-            return notes_step(*nets, real, cfg["latent_dim"])
-
-        return step
-
-    script_nets = models(True)
+    g, d = gm.build_generator("notes", 96), gm.build_discriminator("notes")
+    nets = gm.Nets(g, d, gm.make_adam(g, cfg), gm.make_adam(d, cfg), gm.copy.deepcopy(g))
+    sc = gm.StepConfig(96, "nonsaturating", cfg["recon_weight"], cfg["r1_gamma"], 4,
+                       cfg["ema_decay"], gm.resolve_precision("auto", torch.device("cpu")))  # fmt: skip
+    g2, d2 = gm.build_generator("notes", 96), gm.build_discriminator("notes")
+    kw = dict(lr=cfg["lr"], betas=cfg["betas"], weight_decay=cfg["weight_decay"])
+    notes_opts = (torch.optim.Adam(g2.parameters(), **kw), torch.optim.Adam(d2.parameters(), **kw))
     pipelines = {
-        "script": (script_like(script_nets, autocast_dtype), tensor_batches()),
-        "tensor": (script_like(models(False), None), tensor_batches()),
-        "notes": (notes_like(models(False)), loader_batches()),
+        "script": (lambda real, i: gm.train_step(nets, [real], i, sc)["d_loss"], tensor_batches()),
+        "notes": (lambda real, i: notes_step(g2, d2, *notes_opts, real, 96), loader_batches()),
     }
+    seconds = dict.fromkeys(pipelines, 0.0)
+    for r in range(args.rounds + 1):  # round 0 warms up
+        for name, (step, source) in pipelines.items():
+            t0 = time.perf_counter()
+            for i in range(args.steps):
+                loss = step(next(source), i)
+            loss.item()
+            if r > 0:
+                seconds[name] += time.perf_counter() - t0
+    rate = {n: args.steps * args.rounds / s for n, s in seconds.items()}
+    print(f"steps/s: script {rate['script']:.1f}, notes' loop {rate['notes']:.1f}; "
+          f"ratio {rate['script'] / rate['notes']:.2f}x")  # fmt: skip
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
-    def time_training(step_fn, source, steps: int) -> float:
-        sync()
-        t0 = time.perf_counter()
-        for i in range(steps):
-            loss = step_fn(next(source), i)
-        loss.item()
-        sync()
-        return time.perf_counter() - t0
-
-    def time_data_only(source, steps: int) -> float:
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            next(source).sum()
-        sync()
-        return time.perf_counter() - t0
-
-    for step_fn, source in pipelines.values():  # warm-up: first batches, allocator, kernels
-        time_training(step_fn, source, 20)
-    train_s = {name: 0.0 for name in pipelines}
-    data_s = {name: 0.0 for name in ("tensor", "notes")}
-    for r in range(args.rounds):
-        for name, (step_fn, source) in pipelines.items():
-            train_s[name] += time_training(step_fn, source, args.steps)
-            if name in data_s:
-                data_s[name] += time_data_only(source, args.steps)
-        print(
-            f"round {r + 1}/{args.rounds}: "
-            + ", ".join(f"{n} {train_s[n]:.1f} s" for n in pipelines),
-            flush=True,
-        )
-
-    total = args.steps * args.rounds
-    result = {
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "batch_size": batch,
-        "preset": preset,
-        "script_autocast_dtype": str(autocast_dtype) if autocast_dtype else "float32",
-        "script_r1_pass": "shared" if R1_SHARED else "separate",
-        "script_adam_fused": bool(script_nets[2].param_groups[0].get("fused")),
-        "timed_steps_per_pipeline": total,
-        "steps_per_s": {n: total / train_s[n] for n in pipelines},
-        "data_ms_per_batch": {
-            "tensor": 1000 * data_s["tensor"] / total,
-            "dataloader_totensor": 1000 * data_s["notes"] / total,
-        },
-        "speedup_script_over_notes": train_s["notes"] / train_s["script"],
-        "speedup_tensor_data_path_only": train_s["notes"] / train_s["tensor"],
-        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-    }
-    print(json.dumps(result, indent=2))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.json}")
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102, 103, 104])
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                   help="further gan_mnist.py flags (they change the recorded command)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench")
+    p.add_argument("--speed", action="store_true", help="time the training step instead")
+    p.add_argument("--data-root", type=Path, default=REPO_ROOT / "data")
+    p.add_argument("--steps", type=int, default=300, help="--speed: timed steps per round")
+    p.add_argument("--rounds", type=int, default=2, help="--speed: alternating rounds")
+    args = p.parse_args()
+    speed(args) if args.speed else quality(args)
 
 
 if __name__ == "__main__":
