@@ -1156,7 +1156,7 @@ def image_figures(model, test_u8, args, run_dir: Path, done: str) -> dict:
         image_grid_figure(sample_images(model, 64, t, args.logit_alpha, g), 8,
                           run_dir / f"samples_t{t}.png",
                           f"Real NVP samples, z ~ N(0, {t}² I), {args.dataset} ({done})",
-                          "64 samples, 8 per row", "")  # fmt: skip
+                          "64 samples, 8 per row", "8 rows")  # fmt: skip
     # reconstructions x -> z -> x: top rows data, bottom rows g(f(x))
     x = dequantize(test_u8[:32], g)
     z, _ = model(logit_transform(x, args.logit_alpha)[0])
@@ -1164,7 +1164,7 @@ def image_figures(model, test_u8, args, run_dir: Path, done: str) -> dict:
     err = float((x_rec - x).abs().max())
     image_grid_figure(torch.cat([x, x_rec.clamp(0, 1)]).cpu(), 8, run_dir / "reconstructions.png",
                       f"Reconstruction g(f(x)); max |error| {err:.1e} (pixel scale 0-1)",
-                      "32 test images, 8 per row", "rows 1-4: data x    rows 5-8: g(f(x))")  # fmt: skip
+                      "32 test images, 8 per row", "top 4 rows: data x; bottom 4: g(f(x))")  # fmt: skip
     # latent manifold of four test images (eq. 19)
     z4, _ = model(logit_transform(dequantize(test_u8[:4], g), args.logit_alpha)[0])
     x_man = inverse_logit(model.inverse(manifold_latents(z4)), args.logit_alpha)
@@ -1212,7 +1212,7 @@ def toy_figures(model, args, device, run_dir: Path) -> None:
         panels.append((true_logp.exp().reshape(n, n), f"true {args.dataset} density"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
     for ax, (img, title) in zip(axes[0], panels):
-        im = ax.imshow(img, extent=(-lim, lim, -lim, lim), origin="lower", cmap="magma")
+        im = ax.imshow(img.numpy(), extent=(-lim, lim, -lim, lim), origin="lower", cmap="magma")
         fig.colorbar(im, ax=ax, fraction=0.046, label="density")
         ax.set(title=title, xlabel="x1", ylabel="x2")
     save_figure(fig, run_dir / "density.png")
@@ -1221,7 +1221,7 @@ def toy_figures(model, args, device, run_dir: Path) -> None:
     x_gen = model.inverse(z_prior.to(device)).cpu()
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     for ax, pts, title in ((axes[0], data, "data"), (axes[1], x_gen, "Real NVP samples")):
-        ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5)
+        ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=1, alpha=0.5)
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=f"{args.dataset}: {title}", xlabel="x1",
                ylabel="x2", aspect="equal")  # fmt: skip
     save_figure(fig, run_dir / "samples.png")
@@ -1240,8 +1240,8 @@ def toy_figures(model, args, device, run_dir: Path) -> None:
              (axes[1, 0], x_gen, inv, "X: x = g(z)", "x")]  # fmt: skip
     for ax, pts, lns, title, v in specs:
         for ln in lns:
-            ax.plot(ln[:, 0], ln[:, 1], lw=0.5, color="grey", alpha=0.6)
-        ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.4, color="C1")
+            ax.plot(ln[:, 0].numpy(), ln[:, 1].numpy(), lw=0.5, color="grey", alpha=0.6)
+        ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=1, alpha=0.4, color="C1")
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=title, xlabel=f"{v}1", ylabel=f"{v}2",
                aspect="equal")  # fmt: skip
     fig.suptitle(f"Real NVP on {args.dataset}: the learned map with grid lines (paper Fig. 1)")
