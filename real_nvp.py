@@ -7,7 +7,7 @@ Paper: L. Dinh, J. Sohl-Dickstein, S. Bengio, "Density estimation using Real NVP
   multi-scale Real NVP of Sec. 3.6 on dequantised, logit-transformed pixels; exact train/test
   bits/dim, samples at temperature 1.0 and 0.7, reconstructions x -> z -> x and the latent
   manifold of eq. 19.
-- 2-D toys (`--dataset moons|8gaussians|checkerboard|pinwheel`): Real NVP with MLP couplings on
+- 2-D toys (`--dataset moons|8gaussians|checkerboard`): Real NVP with MLP couplings on
   fresh samples of the generator; test NLL in nats next to the generator's entropy, the density,
   samples and the learned map of a grid (the paper's Figure 1).
 - Multi-process: `torchrun --nproc_per_node N real_nvp.py ...` trains with
@@ -306,7 +306,7 @@ def run_cli(main, argv: list[str] | None = None) -> int:
 # -------------------------------------------------------------------------------------- config
 CKPT_VERSION = 2
 IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-TOY_DATASETS = ("moons", "8gaussians", "checkerboard", "pinwheel")
+TOY_DATASETS = ("moons", "8gaussians", "checkerboard")  # each with an exact log-density
 LOG2 = math.log(2.0)
 CLIP = 100.0  # gradient-norm clip: only catches rare spikes, the paper has none
 LOG_EVERY = 100  # image runs: a train_bpd row and a checkpoint every 100 steps
@@ -549,15 +549,6 @@ def sample_toy(name: str, n: int, generator: torch.Generator) -> torch.Tensor:
         x2 = torch.rand(n, generator=g) - torch.randint(0, 2, (n,), generator=g).float() * 2
         x2 = x2 + torch.floor(x1) % 2
         return torch.stack([x1, x2], 1) * 2
-    if name == "pinwheel":
-        radial_std, tangential_std, arms, rate = 0.3, 0.1, 5, 0.25
-        arm = torch.randint(0, arms, (n,), generator=g)
-        feats = torch.randn(n, 2, generator=g) * torch.tensor([radial_std, tangential_std])
-        feats[:, 0] += 1.0
-        angle = arm.float() * (2 * math.pi / arms) + rate * torch.exp(feats[:, 0])
-        c, s = torch.cos(angle), torch.sin(angle)
-        rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-        return 2 * torch.einsum("nij,nj->ni", rot, feats)
     raise ValueError(f"unknown toy dataset {name}")
 
 
