@@ -331,29 +331,36 @@ def build_parser() -> ArgumentParser:
                    "--res-blocks 8 --num-scales 1 --norm batch); flags given beside it win")  # fmt: skip
     p.add_argument("--dataset", choices=[*IMAGE_SHAPES, *TOY_DATASETS],
                    help="mnist (default), cifar10, or a 2-D toy")  # fmt: skip
-    p.add_argument("--epochs", type=int, help="image datasets: passes over the data (default 10)")
+    p.add_argument("--epochs", type=int, help="image datasets: passes over the data (default: 10)")
     p.add_argument("--steps", type=int,
                    help="stop after this many optimizer steps (toys: default 4000; images: "
                    "default no cap)")  # fmt: skip
     p.add_argument("--batch-size", type=int,
-                   help="global batch, split over torchrun processes (images 64, toys 512)")  # fmt: skip
+                   help="global batch, split over torchrun processes (default: images 64, "
+                   "toys 512)")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-3,
                    help="Adam learning rate, decayed to 0 by a cosine over the planned steps")  # fmt: skip
     p.add_argument("--l2-scale", type=float, default=5e-5,
                    help="L2 on the weight-norm and coupling scales (Sec. 4.1)")  # fmt: skip
-    p.add_argument("--channels", type=int, help="feature maps of the s/t ResNets (default 32)")
-    p.add_argument("--res-blocks", type=int, help="residual blocks per s/t ResNet (default 2)")
+    p.add_argument(
+        "--channels",
+        type=int,
+        help="feature maps of the s/t ResNets (default: 32; notes preset 64)",
+    )
+    p.add_argument(
+        "--res-blocks", type=int, help="residual blocks per s/t ResNet (default: 2; notes preset 8)"
+    )
     p.add_argument("--num-scales", type=int, help="squeezes (default: mnist 2, cifar10 1)")
     p.add_argument("--norm", choices=["act", "batch", "none"],
-                   help="normalisation after each coupling: act (ActNorm, default), batch (the "
-                   "paper's batch norm, eq. 17-18) or none")  # fmt: skip
+                   help="normalisation after each coupling: act (ActNorm), batch (the paper's "
+                   "batch norm, eq. 17-18) or none (default: act; notes preset batch)")  # fmt: skip
     p.add_argument("--st-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="precision of the image s/t nets (the flow maths stays float32); auto: "
                    "bfloat16 where the hardware has it natively")  # fmt: skip
     p.add_argument("--logit-alpha", type=float,
                    help="a in logit(a + (1-2a) x) (default: mnist 1e-6, cifar10 0.05)")  # fmt: skip
     p.add_argument("--test-limit", type=int, default=0,
-                   help="score only the first N test images; 0: all")  # fmt: skip
+                   help="score only the first N test images; 0: all (default: 0)")  # fmt: skip
     p.add_argument("--generate", type=int, metavar="N",
                    help="only sample N items from --checkpoint, written beside it as .npy")  # fmt: skip
     p.add_argument("--checkpoint", type=Path, help="the checkpoint.pt that --generate samples")
@@ -1393,7 +1400,8 @@ def train_images(args, ctx: Dist, run_dir: Path | None, ckpt: dict | None) -> di
     metrics = {"dataset": args.dataset, "test_bpd": test_bpd, "train_bpd_last_epoch": train_bpd,
                "epochs": step / spe, "steps": step, "wall_time_s": time.time() - t0,
                "params": n_params, "train_images_per_s": images / t_train if t_train else None,
-               "world_size": ctx.world, "st_dtype": "bfloat16" if st_uses_bf16(args) else "float32"}  # fmt: skip
+               "world_size": ctx.world,
+               "st_dtype": "bfloat16" if st_uses_bf16(args) else "float32"}  # fmt: skip
     if run_dir is not None:
         metrics.update(image_figures(model, test_u8, args, run_dir, f"{step / spe:.2f} epochs"))
         curve_figure(log.read(), ("elapsed_s", "training time (min)", 60.0),

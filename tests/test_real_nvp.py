@@ -515,7 +515,8 @@ def test_every_figure_has_a_title_axis_labels_and_a_legend_for_several_series(
             "--run-name", "img"])  # fmt: skip
     R.main(["--dataset", "8gaussians", "--steps", "10", "--out", tmp_path, "--run-name", "toy"])
     expected = {"samples_t1.0.png", "samples_t0.7.png", "reconstructions.png", "manifold.png",
-                "bpd_curve.png", "density.png", "samples.png", "grid_map.png", "nll_curve.png"}  # fmt: skip
+                "bpd_curve.png", "density.png", "samples.png", "grid_map.png",
+                "nll_curve.png"}  # fmt: skip
     assert set(figures) == expected
     for name, fig in figures.items():
         axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
