@@ -342,14 +342,10 @@ def build_parser() -> ArgumentParser:
                    help="Adam learning rate, decayed to 0 by a cosine over the planned steps")  # fmt: skip
     p.add_argument("--l2-scale", type=float, default=5e-5,
                    help="L2 on the weight-norm and coupling scales (Sec. 4.1)")  # fmt: skip
-    p.add_argument(
-        "--channels",
-        type=int,
-        help="feature maps of the s/t ResNets (default: 32; notes preset 64)",
-    )
-    p.add_argument(
-        "--res-blocks", type=int, help="residual blocks per s/t ResNet (default: 2; notes preset 8)"
-    )
+    p.add_argument("--channels", type=int,
+                   help="feature maps of the s/t ResNets (default: 32; notes preset 64)")  # fmt: skip
+    p.add_argument("--res-blocks", type=int,
+                   help="residual blocks per s/t ResNet (default: 2; notes preset 8)")  # fmt: skip
     p.add_argument("--num-scales", type=int, help="squeezes (default: mnist 2, cifar10 1)")
     p.add_argument("--norm", choices=["act", "batch", "none"],
                    help="normalisation after each coupling: act (ActNorm), batch (the paper's "
