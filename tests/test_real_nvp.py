@@ -446,19 +446,10 @@ sys.exit(R.run_cli(R.main))
 """
 
 
-@pytest.mark.parametrize(
-    "flags",
-    [
-        # 128 steps per epoch of 4 images: the first checkpoint (step 100) is mid-epoch, and the
-        # resumed run crosses the epoch's end (evaluation, new order) before it stops at 150.
-        ["--batch-size", "4", "--epochs", "2", "--steps", "150", "--test-limit", "64"],
-        ["--dataset", "moons", "--steps", "30"],  # checkpoints at every evaluation, 3 steps apart
-    ],
-    ids=["mnist", "moons"],
-)
-def test_sigkill_after_the_first_checkpoint_then_resume_is_bit_identical(
-    flags, tiny_mnist_root, tmp_path
-):
+def test_sigkill_after_the_first_checkpoint_then_resume_is_bit_identical(tiny_mnist_root, tmp_path):
+    # 128 steps per epoch of 4 images: the first checkpoint (step 100) is mid-epoch, and the
+    # resumed run crosses the epoch's end (evaluation, new order) before it stops at 150.
+    flags = ["--batch-size", "4", "--epochs", "2", "--steps", "150", "--test-limit", "64"]
     common = [*TINY, "--data-root", str(tiny_mnist_root), "--out", str(tmp_path), "--seed", "5",
               *flags]  # fmt: skip
     R.main([*common, "--run-name", "whole"])
@@ -480,8 +471,7 @@ def test_sigkill_after_the_first_checkpoint_then_resume_is_bit_identical(
     assert without_times(tmp_path / "real_nvp" / "whole") == without_times(killed)
     m_whole, m_resumed = (json.loads((d / "metrics.json").read_text()) for d in (
         tmp_path / "real_nvp" / "whole", killed))  # fmt: skip
-    key = "test_nll" if "moons" in flags else "test_bpd"
-    assert m_whole[key] == m_resumed[key]
+    assert m_whole["test_bpd"] == m_resumed["test_bpd"]
 
 
 def test_resume_keeps_the_checkpoints_configuration_and_generate_samples(tiny_mnist_root, tmp_path):
