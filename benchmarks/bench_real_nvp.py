@@ -1,124 +1,91 @@
-"""Benchmarks for real_nvp.py: training throughput and the bits/dim-vs-wall-time curve.
+"""Benchmarks for real_nvp.py: the default recipe over seeds, written to results/ as data.
 
-  # images/s for training at the default batch (64) and model, and images/s for evaluation
-  python benchmarks/bench_real_nvp.py throughput --device cpu
-  # the test-bits/dim-vs-wall-time curve of a run (table on stdout + PNG beside the log)
-  python benchmarks/bench_real_nvp.py curve outputs/real_nvp/<run>/log.jsonl
+  # 2-D toys (moons, 8gaussians), default recipe, 4000 steps each: test NLL and its gap to the
+  # generator's entropy on held-out seeds (results/real_nvp_moons.json, real_nvp_8gaussians.json)
+  python benchmarks/bench_real_nvp.py toys --seeds 100-104
+  # MNIST default run (about 100 min a seed on a 2-core CPU): results/real_nvp_mnist.json
+  python benchmarks/bench_real_nvp.py mnist --seeds 100-102
 
-Throughput uses random uint8 images (speed does not depend on the pixel values) and times
-optimizer steps after a warm-up; the number depends on the load of the machine, so run it under
-the shared lock and report the machine and date beside it.
+Each run is `python real_nvp.py ... --seed S --threads 1` into outputs/bench_real_nvp/ (its
+figures stay there); every finished seed is written at once, and a seed already in the results
+file is not run again (--rerun to measure it anew), so an interrupted benchmark continues where
+it stopped. Seeds 0-4 are tuning seeds and 100-119 held out (benchmarks/results.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
-import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import REPO_ROOT, RESULTS_DIR, write_results  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import real_nvp  # noqa: E402
-
-
-def throughput(argv: list[str]) -> dict:
-    p = argparse.ArgumentParser()
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--num-threads", type=int, default=0)
-    opts, model_args = p.parse_known_args(argv)
-    if opts.num_threads:
-        torch.set_num_threads(opts.num_threads)
-    args = real_nvp.parse_args(["--device", opts.device, *model_args])
-    device = real_nvp.pick_device(args.device)
-    model = real_nvp.build_model(args).to(device)
-    opt = real_nvp.make_optimizer(model, args)
-    shape = real_nvp.IMAGE_SHAPES[args.dataset]
-    x_u8 = torch.randint(0, 256, (args.batch_size, *shape), dtype=torch.uint8, device=device)
-    dims = model.num_dims
-
-    def step():
-        x = real_nvp.dequantize(x_u8)
-        loss = real_nvp.bits_per_dim(real_nvp.image_log_prob(model, x, args.logit_alpha), dims)
-        loss = loss.mean() + args.l2_scale * real_nvp.scale_l2(model)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        opt.step()
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(opts.warmup):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(opts.steps):
-        step()
-    sync()
-    train_s = time.perf_counter() - t0
-    model.eval()
-    with torch.no_grad():
-        x = real_nvp.dequantize(x_u8.repeat(4, 1, 1, 1))
-        real_nvp.image_log_prob(model, x, args.logit_alpha)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(3):
-            real_nvp.image_log_prob(model, x, args.logit_alpha)
-        sync()
-        eval_s = time.perf_counter() - t0
-    result = {
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "batch_size": args.batch_size,
-        "params": sum(p.numel() for p in model.parameters()),
-        "train_images_per_s": opts.steps * args.batch_size / train_s,
-        "train_s_per_batch": train_s / opts.steps,
-        "eval_images_per_s": 3 * len(x) / eval_s,
-        "model_flags": model_args,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    print(json.dumps(result, indent=2))
-    return result
+TOY_METRICS = {
+    "test_nll": "test NLL (nats/point)",
+    "gap_to_entropy": "NLL − entropy (nats)",
+    "kl_estimate": "KL(data ‖ model) estimate (nats)",
+    "wall_time_min": "wall time (min)",
+}
+MNIST_METRICS = {"test_bpd": "test bits/dim", "wall_time_min": "wall time (min)"}
 
 
-def curve(argv: list[str]) -> list[tuple[float, float]]:
-    p = argparse.ArgumentParser()
-    p.add_argument("log", type=Path)
+def seeds_of(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+OUT = REPO_ROOT / "outputs" / "bench_real_nvp"
+
+
+def run(name: str, flags: list[str], seed: int) -> dict:
+    run_name = f"{name}-s{seed}"
+    cmd = [sys.executable, str(REPO_ROOT / "real_nvp.py"), *flags, "--seed", str(seed),
+           "--threads", "1", "--out", str(OUT), "--run-name", run_name, "--overwrite"]  # fmt: skip
+    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
+    metrics = json.loads((OUT / "real_nvp" / run_name / "metrics.json").read_text())
+    metrics["wall_time_min"] = metrics["wall_time_s"] / 60
+    return metrics
+
+
+def earlier_rows(name: str, seeds: list[int], rerun: bool) -> list[dict]:
+    """The rows already in results/NAME.json, less the seeds to be measured anew."""
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.exists():
+        return []
+    rows = json.loads(path.read_text())["runs"]
+    return [r for r in rows if not (rerun and r["seed"] in seeds)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("what", choices=["toys", "mnist"])
+    p.add_argument("--seeds", default="100-104", help="e.g. 100-104 or 0-4,100-104")
+    p.add_argument("--datasets", default="moons,8gaussians", help="toys: which ones")
+    p.add_argument("--rerun", action="store_true", help="measure seeds already in the file anew")
     opts = p.parse_args(argv)
-    rows = [json.loads(line) for line in opts.log.read_text().splitlines() if line.strip()]
-    pts = [(r["elapsed_s"], r["step"], r["test_bpd"]) for r in rows if "test_bpd" in r]
-    if not pts:
-        raise SystemExit(f"error: {opts.log} has no test_bpd rows")
-    print("| wall time (min) | step | test bits/dim |\n|---|---|---|")
-    for t, s, b in pts:
-        print(f"| {t / 60:.1f} | {s} | {b:.4f} |")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([t / 60 for t, _, _ in pts], [b for _, _, b in pts], marker="o")
-    ax.set_xlabel("wall time (min)")
-    ax.set_ylabel("test bits/dim")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = opts.log.with_name("bench_bpd_vs_time.png")
-    fig.savefig(out, dpi=110)
-    print(f"wrote {out}")
-    return [(t, b) for t, _, b in pts]
-
-
-def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("throughput", "curve"):
-        raise SystemExit("usage: bench_real_nvp.py throughput [flags] | curve LOG.jsonl")
-    {"throughput": throughput, "curve": curve}[sys.argv[1]](sys.argv[2:])
+    seeds = seeds_of(opts.seeds)
+    if opts.what == "toys":
+        jobs = {f"real_nvp_{d}": (["--dataset", d], TOY_METRICS, {"gap_to_entropy": ["<=", 0.10]},
+                                  f"python real_nvp.py --dataset {d} --seed {{seed}} --threads 1")
+                for d in opts.datasets.split(",")}  # fmt: skip
+    else:
+        jobs = {"real_nvp_mnist": ([], MNIST_METRICS, {"test_bpd": ["<=", 1.30]},
+                                   "python real_nvp.py --seed {seed} --threads 1")}  # fmt: skip
+    runs = {name: earlier_rows(name, seeds, opts.rerun) for name in jobs}
+    for seed in seeds:  # seed-major: every dataset gets its first seeds first
+        for name, (flags, metrics, targets, command) in jobs.items():
+            if any(r["seed"] == seed for r in runs[name]):
+                continue
+            m = run(name, flags, seed)
+            runs[name].append({"seed": seed, **{k: m.get(k) for k in metrics}})
+            path = write_results(name, "real_nvp.py", command, metrics, runs[name], targets)
+            print(f"seed {seed}: {name} {json.dumps(runs[name][-1])} -> {path}", flush=True)
 
 
 if __name__ == "__main__":
