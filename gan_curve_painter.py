@@ -73,7 +73,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+        hidden = action.default is None or action.default is False  # `0 in (None, False)`
+        if not hidden and action.default is not argparse.SUPPRESS and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
 
