@@ -195,3 +195,26 @@ def rows(prefix: str, n: int, start: str = "2024-05-01 08:00:00", step_s: float 
          f"产品-{prefix}-{i}", f"{i % 997}.125", "否")
         for i in range(n)
     ]  # fmt: skip
+
+
+def line_sql(env, line: str, statement: str, args=None, mode: str | None = None) -> list:
+    """A statement on a line server, optionally in the session sql_mode a line app runs with."""
+    conn = env.s[line].connect("factory")
+    try:
+        with conn.cursor() as cur:
+            if mode is not None:
+                cur.execute(f"SET SESSION sql_mode = '{mode}'")
+            cur.execute(statement, args)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def cloud(env, statement: str, args=None) -> list:
+    return env.s["cloud"].sql(statement, args, database="cloud")
+
+
+def source(rep: dict, name: str) -> dict:
+    """One line's entry of a --json report."""
+    (s,) = [s for s in rep["sources"] if s["source"] == name]
+    return s

@@ -12,30 +12,9 @@ import threading
 
 import pymysql
 import pytest
-from mysql_env import rows, sync
+from mysql_env import cloud, line_sql, rows, source, sync
 
 pytestmark = pytest.mark.mysql
-
-
-def line_sql(env, line: str, statement: str, args=None, mode: str | None = None) -> list:
-    conn = env.s[line].connect("factory")
-    try:
-        with conn.cursor() as cur:
-            if mode is not None:
-                cur.execute(f"SET SESSION sql_mode = '{mode}'")
-            cur.execute(statement, args)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
-
-
-def cloud(env, statement: str, args=None) -> list:
-    return env.s["cloud"].sql(statement, args, database="cloud")
-
-
-def source(rep: dict, name: str) -> dict:
-    (s,) = [s for s in rep["sources"] if s["source"] == name]
-    return s
 
 
 def test_rows_sharing_cursor_and_key_across_a_page_boundary_are_all_read(env):

@@ -24,34 +24,12 @@ import time
 from pathlib import Path
 
 import pytest
-from mysql_env import SYNC_PATH, rows, sync, wait_lock_free
+from mysql_env import SYNC_PATH, cloud, line_sql, rows, source, sync, wait_lock_free
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mariadb_harness as mh  # noqa: E402
 
 pytestmark = pytest.mark.mysql
-
-
-def line_sql(env, line: str, statement: str, args=None, mode: str | None = None) -> list:
-    """A statement on a line server, optionally in the session sql_mode a line app runs with."""
-    conn = env.s[line].connect("factory")
-    try:
-        with conn.cursor() as cur:
-            if mode is not None:
-                cur.execute(f"SET SESSION sql_mode = '{mode}'")
-            cur.execute(statement, args)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
-
-
-def cloud(env, statement: str, args=None) -> list:
-    return env.s["cloud"].sql(statement, args, database="cloud")
-
-
-def source(rep: dict, name: str) -> dict:
-    (s,) = [s for s in rep["sources"] if s["source"] == name]
-    return s
 
 
 # ---------------------------------------------------------------------------------------- 1
