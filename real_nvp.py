@@ -357,7 +357,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--logit-alpha", type=float,
                    help="a in logit(a + (1-2a) x) (default: mnist 1e-6, cifar10 0.05)")  # fmt: skip
     p.add_argument("--test-limit", type=int, default=0,
-                   help="score only the first N test images; 0: all (default: 0)")  # fmt: skip
+                   help="score only the first N test images; 0: all")  # fmt: skip
     p.add_argument("--generate", type=int, metavar="N",
                    help="only sample N items from --checkpoint, written beside it as .npy")  # fmt: skip
     p.add_argument("--checkpoint", type=Path, help="the checkpoint.pt that --generate samples")
