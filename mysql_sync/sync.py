@@ -1249,7 +1249,7 @@ class Copier:
         if self.pending_rejects or (repaired and self.watermark == start_state):
             self.write_batch([], self.pending_rejects, self.watermark, force_state=repaired)
             self.pending_rejects = []
-        if res.more_pending and self.watermark == start_state and not self.dry_run:
+        if res.more_pending and self.watermark == start_state:
             raise Stuck(
                 f"{self.spec.source}: read {n_forward} row(s) after the watermark "
                 f"{start_state} but none has a usable cursor, so the watermark cannot move; "
