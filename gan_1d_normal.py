@@ -2,19 +2,15 @@
 whole minibatches (devnag's 2018 design as the study notes adapt it, rewritten for current
 PyTorch).
 
-G maps u ~ U(0, 1) through 1 -> 5 -> 5 -> 1 (tanh). D never sees a single value but a whole
-minibatch of 500 after one of five preprocessings (`--mode`): `raw` (the 500 values), `diffs`
-(values and deviations from the batch mean), `variances` (values and squared deviations),
-`moments` (mean, std, skewness, excess kurtosis; the notes' choice and the default) or
-`quantiles` (ours: mean, std and the standardised sorted batch, i.e. the empirical quantile
-function, in 20 block means). D: features -> 10 -> 10 -> 1 with sigmoid units. Each epoch is 20
-D steps then 20 G steps (Algorithm 1, k = 20) of SGD with momentum 0.9.
+G maps u ~ U(0, 1) through 1 -> 5 -> 5 -> 1 (tanh). D never sees a single value but a minibatch
+of 500 after one of five preprocessings (`--mode`: raw, diffs, variances, moments, quantiles;
+moments is the notes' choice and the default), then features -> 10 -> 10 -> 1 with sigmoid
+units. Each epoch is 20 D steps then 20 G steps (Algorithm 1, k = 20) of SGD with momentum 0.9.
 
-The default recipe (`--preset ours`) differs from the notes' (`--preset notes`: lr 1e-3, raw
-inputs, last iterate evaluated) in four ways, each measured in docs/gan_1d_normal.md: D sees the
-data standardised by the real data's own mean and std, so that no feature sits at |4| and
-drives D's sigmoid units into saturation; 4x the learning rate, falling linearly to 0; an R1
-penalty on D; and a moving average of G's weights for evaluation.
+The default recipe (`--preset ours`) changes four things in the notes' (`--preset notes`), each
+measured in docs/gan_1d_normal.md: D sees the data standardised by the real data's mean and std,
+so that no feature sits at |4| and saturates D's sigmoid units; 4x the learning rate, falling
+linearly to 0; an R1 penalty on D; and a moving average of G's weights is evaluated.
 
 Papers: Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014 (Eq. 1, the
 non-saturating G loss of Sec. 3, Algorithm 1); Mescheder, Geiger and Nowozin, "Which Training
@@ -28,9 +24,9 @@ Full run (5000 epochs; 7-13 minutes with one thread on a busy shared 2-core mach
 Quick run (seconds):
     python gan_1d_normal.py --epochs 50 --run-name quick
 
-Writes outputs/gan_1d_normal/<run-name>/: config.json, metrics.json (mean, std, skewness, excess
-kurtosis, KS and 1-Wasserstein distance to the target from 10,000 samples, whether the moments
-are within MOMENT_TOLERANCE, D's health at the end), log.jsonl, histograms.png, moments.png,
+Writes outputs/gan_1d_normal/<run-name>/: config.json, metrics.json (moments, KS and
+1-Wasserstein distance to the target from 10,000 samples, whether the moments are within
+MOMENT_TOLERANCE, D's health at the end), log.jsonl, histograms.png, moments.png,
 input_distribution.png, samples.npy (10,000 generated values) and checkpoint.pt.
 """
 
@@ -308,6 +304,7 @@ def run_cli(main, argv: list[str] | None = None) -> int:
 # ----------------------------------------------------------------------------- config
 CHECKPOINT_VERSION = 2
 MODES = ("raw", "diffs", "variances", "moments", "quantiles")
+MEAN, STD = 4.0, 1.25  # the target Normal, as in the notes
 G_HIDDEN, D_HIDDEN, MOMENTUM = 5, 10, 0.9  # devnag's sizes and SGD momentum, as in the notes
 EVAL_SAMPLES, SNAPSHOTS, LOG_EVERY, CHECKPOINT_EVERY = 10_000, 8, 100, 1000
 # The moments target: |mean - 4|, |std - 1.25|, |skewness|, |excess kurtosis| at most these.
@@ -320,9 +317,8 @@ PRESETS = {
     "notes": {"lr_d": 1e-3, "lr_g": 1e-3, "lr_decay": "none", "ema": 0.0, "r1_gamma": 0.0,
               "standardise": False},
 }  # fmt: skip
-RECIPE_FLAGS = ("lr_d", "lr_g", "lr_decay", "ema", "r1_gamma")
-TRAINING_FLAGS = ("mode", "preset", "mean", "std", "epochs", "d_steps", "g_steps", "batch_size",
-                  *RECIPE_FLAGS)  # fmt: skip
+TRAINING_FLAGS = ("mode", "preset", "epochs", "d_steps", "g_steps", "batch_size", "lr_d", "lr_g",
+                  "lr_decay", "ema", "r1_gamma")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,8 +328,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what D sees of each minibatch")  # fmt: skip
     p.add_argument("--preset", default="ours", choices=sorted(PRESETS),
                    help="ours: the best measured recipe; notes: the study notes' recipe")  # fmt: skip
-    p.add_argument("--mean", type=float, default=4.0, help="target Normal mean")
-    p.add_argument("--std", type=float, default=1.25, help="target Normal standard deviation")
     p.add_argument("--epochs", type=int, default=5000,
                    help="epochs of d-steps D then g-steps G updates")  # fmt: skip
     p.add_argument("--d-steps", type=int, default=20, help="D updates per epoch")
@@ -361,38 +355,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     if args.batch_size < 4:
         raise UsageError("--batch-size must be >= 4 (the moments need a few samples)")
-    if args.std <= 0:
-        raise UsageError("--std must be > 0")
-    for flag in ("lr_d", "lr_g"):
-        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
-            raise UsageError(f"--{flag.replace('_', '-')} must be > 0")
-    if args.ema is not None and not 0 <= args.ema < 1:
-        raise UsageError("--ema must be in [0, 1)")
-    if args.r1_gamma is not None and args.r1_gamma < 0:
-        raise UsageError("--r1-gamma must be >= 0")
     if args.resume is not None:
         given = [k for k in TRAINING_FLAGS if getattr(args, k) != parser.get_default(k)]
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise UsageError(f"--resume continues a run with its own settings; drop {flag}")
-    return fill_preset(args)
-
-
-def fill_preset(args: argparse.Namespace) -> argparse.Namespace:
-    """Every recipe flag left unset takes the preset's value."""
-    for key, value in PRESETS[args.preset].items():
+    for key, value in PRESETS[args.preset].items():  # every recipe flag left unset
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    for name in ("lr_d", "lr_g"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0")
+    if not 0 <= args.ema < 1:
+        raise UsageError("--ema must be in [0, 1)")
+    if args.r1_gamma < 0:
+        raise UsageError("--r1-gamma must be >= 0")
     return args
 
 
 # ----------------------------------------------------------------------------- data
-# Real data: Normal(mean, std). G's input: U(0, 1), so G must learn a non-linear map, ideally
-# the inverse CDF u -> mean + std * Phi^-1(u) (or of 1 - u).
+# Real data: Normal(MEAN, STD). G's input: U(0, 1), so G must learn a non-linear map, ideally
+# the inverse CDF u -> MEAN + STD * Phi^-1(u) (or of 1 - u).
 
 
-def sample_real(shape, mean: float, std: float, device, gen=None) -> torch.Tensor:
-    return torch.randn(shape, device=device, generator=gen) * std + mean
+def sample_real(shape, device, gen=None) -> torch.Tensor:
+    return torch.randn(shape, device=device, generator=gen) * STD + MEAN
 
 
 def sample_noise(shape, device, gen=None) -> torch.Tensor:
@@ -417,8 +404,7 @@ def preprocess_moments(x: torch.Tensor) -> torch.Tensor:
 def preprocess_quantiles(x: torch.Tensor, blocks: int = QUANTILE_BLOCKS) -> torch.Tensor:
     """(mean, std, the standardised sorted batch in `blocks` block means). The sorted batch is
     the empirical quantile function, which fixes a Normal where four moments do not (a spike
-    with matching tails fools those); standardising keeps the inputs O(1) and block means
-    (25 order statistics each for B = 500) cut their sampling noise."""
+    with matching tails fools those); block means cut its sampling noise."""
     std, mean = torch.std_mean(x, dim=-1, keepdim=True, correction=0)
     z = torch.sort((x - mean) / std, dim=-1).values
     q = F.adaptive_avg_pool1d(z.reshape(-1, 1, z.shape[-1]), blocks)  # equal-count block means
@@ -507,7 +493,7 @@ def r1_penalty(real_logit: torch.Tensor, real_features: torch.Tensor, gamma: flo
 def train_epoch(G, D, opt_g, opt_d, args, device) -> dict[str, torch.Tensor]:
     """One epoch of Algorithm 1: d_steps D updates, then g_steps G updates (D fixed)."""
     b = args.batch_size
-    real = sample_real((args.d_steps, b), args.mean, args.std, device)
+    real = sample_real((args.d_steps, b), device)
     with torch.no_grad():  # G is fixed during the D phase: all fake batches in one call
         fake = G(sample_noise((args.d_steps, b), device))
     feats = torch.stack([D.features(real), D.features(fake)], 1)  # (d_steps, 2: real/fake, F)
@@ -573,13 +559,13 @@ def wasserstein1_to_normal(samples: np.ndarray, mean: float, std: float) -> floa
     return float(total + below.sum() + above.sum())
 
 
-def evaluate(G, args, device, gen: torch.Generator) -> tuple[dict, np.ndarray]:
+def evaluate(G, device, gen: torch.Generator) -> tuple[dict, np.ndarray]:
     samples = generate(G, EVAL_SAMPLES, device, gen)
     m = describe(samples)
-    m["moments_ok"] = all(abs(m[k] - {"mean": args.mean, "std": args.std}.get(k, 0.0)) <= tol
+    m["moments_ok"] = all(abs(m[k] - {"mean": MEAN, "std": STD}.get(k, 0.0)) <= tol
                           for k, tol in MOMENT_TOLERANCE.items())  # fmt: skip
-    m["ks"] = ks_to_normal(samples, args.mean, args.std)
-    m["w1"] = wasserstein1_to_normal(samples, args.mean, args.std)
+    m["ks"] = ks_to_normal(samples, MEAN, STD)
+    m["w1"] = wasserstein1_to_normal(samples, MEAN, STD)
     return m, samples
 
 
@@ -588,7 +574,7 @@ def discriminator_health(D, G, args, device, gen: torch.Generator, batches: int 
     """d_first_layer_slope: mean sigmoid'(pre-activation) of D's first layer on real batches over
     its maximum 1/4 (near 0: saturated, so D is blind and G gets no gradient); d_real, d_fake:
     mean D on real and generated batches (0.5 / 0.5: D cannot tell them apart)."""
-    feats = D.features(sample_real((batches, args.batch_size), args.mean, args.std, device, gen))
+    feats = D.features(sample_real((batches, args.batch_size), device, gen))
     fake = D.features(G(sample_noise((batches, args.batch_size), device, gen)))
     pre = F.linear(feats, D.layers[0].weight, D.layers[0].bias)
     slope = torch.sigmoid(pre) * torch.sigmoid(-pre)  # sigmoid'(t), exact in float32 too
@@ -598,25 +584,24 @@ def discriminator_health(D, G, args, device, gen: torch.Generator, batches: int 
 
 
 # ----------------------------------------------------------------------------- plots
+# matplotlib's Figure without pyplot: no backend, no window, nothing to close; imported only
+# when a run gets this far.
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def save_figure(fig, path: Path, title: str) -> None:
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
-def plot_histograms(snapshots: dict, args, path: Path, title: str) -> None:
-    plt = _plt()
+def plot_histograms(snapshots: dict, path: Path, title: str) -> None:
+    from matplotlib.figure import Figure
+
     epochs = sorted(snapshots)
-    cols = min(4, len(epochs))
-    fig, axes = plt.subplots(math.ceil(len(epochs) / cols), cols, squeeze=False,
-                             figsize=(3.2 * cols, 2.8 * math.ceil(len(epochs) / cols)))  # fmt: skip
-    grid = np.linspace(args.mean - 4 * args.std, args.mean + 4 * args.std, 400)
-    pdf = stats.norm.pdf(grid, args.mean, args.std)
+    cols, rows = min(4, len(epochs)), math.ceil(len(epochs) / 4)
+    axes = Figure(figsize=(3.2 * cols, 2.8 * rows)).subplots(rows, cols, squeeze=False)
+    grid = np.linspace(MEAN - 4 * STD, MEAN + 4 * STD, 400)
+    pdf = stats.norm.pdf(grid, MEAN, STD)
     for ax in axes.flat[len(epochs) :]:
         ax.axis("off")
     for ax, epoch in zip(axes.flat, epochs, strict=False):
@@ -631,45 +616,38 @@ def plot_histograms(snapshots: dict, args, path: Path, title: str) -> None:
         ax.set_ylabel("density (1/x)", fontsize=7)
         ax.tick_params(labelsize=7)
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(axes.flat[0].figure, path, title)
 
 
-def plot_moments(traj: np.ndarray, args, path: Path, title: str) -> None:
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, col, name, target in ((axes[0], 0, "mean", args.mean), (axes[1], 1, "std", args.std)):
+def plot_moments(traj: np.ndarray, path: Path, title: str) -> None:
+    from matplotlib.figure import Figure
+
+    axes = Figure(figsize=(9, 3.2)).subplots(1, 2)
+    for ax, col, name, target in ((axes[0], 0, "mean", MEAN), (axes[1], 1, "std", STD)):
         ax.plot(np.arange(1, len(traj) + 1), traj[:, col], lw=0.6, label=f"generated batch {name}")
         ax.axhline(target, color="k", ls="--", label=f"target {target:g}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"batch {name} (value units)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(axes[0].figure, path, title)
 
 
 @torch.no_grad()
-def plot_map(G, args, device, path: Path, title: str) -> None:
-    plt = _plt()
+def plot_map(G, device, path: Path, title: str) -> None:
+    from matplotlib.figure import Figure
+
     u = torch.linspace(0.001, 0.999, 500, device=device)
     mapped, u = G(u).cpu().numpy(), u.cpu().numpy()
-    ideal = args.mean + args.std * special.ndtri(u)
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ideal = MEAN + STD * special.ndtri(u)
+    ax = Figure(figsize=(5, 3.4)).subplots()
     ax.plot(u, ideal, "k--", lw=1, label="ideal maps mean + std Phi^-1(u or 1 - u)")
     ax.plot(u, ideal[::-1], "k--", lw=1)
     ax.plot(u, mapped, color="tab:orange", label="learned G(u)")
     ax.set_xlabel("input u ~ U(0, 1)")
     ax.set_ylabel("G(u) (value units)")
-    ax.set_title(f"{title}\nflat stretches of G(u) are spikes in the histogram", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(ax.figure, path, f"{title}\nflat stretches of G(u) are spikes in the histogram")
 
 
 # ----------------------------------------------------------------------------- main
@@ -689,8 +667,7 @@ def main(argv: list[str] | None = None) -> None:
     # Evaluation, snapshots and D's input scale draw from their own generators, so they never
     # move the training run's random stream.
     eval_gen = torch.Generator(device).manual_seed(args.seed + 1)
-    ref = sample_real((100_000,), args.mean, args.std, device,
-                      torch.Generator(device).manual_seed(args.seed + 2))  # fmt: skip
+    ref = sample_real((100_000,), device, torch.Generator(device).manual_seed(args.seed + 2))
     shift, scale = (ref.mean().item(), ref.std().item()) if args.standardise else (0.0, 1.0)
     G = Generator().to(device)
     D = Discriminator(args.mode, args.batch_size, shift, scale).to(device)
@@ -698,11 +675,11 @@ def main(argv: list[str] | None = None) -> None:
     # foreach: one op per update for all tensors; at this size it halves the optimizer's time
     opt_d = torch.optim.SGD(D.parameters(), lr=args.lr_d, momentum=MOMENTUM, foreach=True)
     opt_g = torch.optim.SGD(G.parameters(), lr=args.lr_g, momentum=MOMENTUM, foreach=True)
+    state = {"G": G, "D": D, "G_avg": G_avg, "opt_g": opt_g, "opt_d": opt_d}
     start, traj, snapshots = 0, torch.zeros(args.epochs, 2, device=device), {}
     if ckpt is not None:
-        for module, key in ((G, "G"), (D, "D"), (G_avg, "G_avg"), (opt_g, "opt_g"),
-                            (opt_d, "opt_d")):  # fmt: skip
-            module.load_state_dict(ckpt[key])
+        for key, obj in state.items():
+            obj.load_state_dict(ckpt[key])
         start, snapshots = ckpt["epoch"], ckpt["snapshots"]
         traj[:start] = ckpt["traj"].to(device)
         eval_gen.set_state(ckpt["eval_gen"])
@@ -715,13 +692,6 @@ def main(argv: list[str] | None = None) -> None:
     wanted = sorted({round(i * args.epochs / (SNAPSHOTS - 1)) for i in range(SNAPSHOTS)})
     if start == 0:
         snapshots[0] = generate(G_eval, 5000, device, eval_gen)
-
-    def checkpoint(epoch: int) -> None:
-        save_checkpoint(run_dir / "checkpoint.pt", {
-            "config": config, "epoch": epoch, "G": G.state_dict(), "D": D.state_dict(),
-            "G_avg": G_avg.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "traj": traj[:epoch].cpu(), "snapshots": snapshots, "eval_gen": eval_gen.get_state(),
-        }, version=CHECKPOINT_VERSION)  # fmt: skip
 
     progress = Progress(args.epochs, start, desc=f"{SCRIPT} {args.mode}")
     t0 = time.perf_counter()
@@ -748,13 +718,16 @@ def main(argv: list[str] | None = None) -> None:
             progress.update(min(LOG_EVERY, done - progress.n),
                             f"fake mean {row['fake_mean']:.3f} std {row['fake_std']:.3f}")  # fmt: skip
         if done % CHECKPOINT_EVERY == 0 or done == args.epochs:
-            checkpoint(done)
+            save_checkpoint(run_dir / "checkpoint.pt", {
+                "config": config, "epoch": done, **{k: v.state_dict() for k, v in state.items()},
+                "traj": traj[:done].cpu(), "snapshots": snapshots, "eval_gen": eval_gen.get_state(),
+            }, version=CHECKPOINT_VERSION)  # fmt: skip
     progress.close()
     train_seconds = time.perf_counter() - t0
 
-    metrics, samples = evaluate(G_eval, args, device, eval_gen)
+    metrics, samples = evaluate(G_eval, device, eval_gen)
     if args.ema > 0:
-        raw, _ = evaluate(G, args, device, eval_gen)
+        raw, _ = evaluate(G, device, eval_gen)
         metrics["last_iterate"] = {k: raw[k] for k in ("mean", "std", "ks", "moments_ok")}
     metrics.update(discriminator_health(D, G, args, device, eval_gen))
     metrics.update(evaluated_generator="average" if args.ema > 0 else "last iterate",
@@ -762,10 +735,9 @@ def main(argv: list[str] | None = None) -> None:
     np.save(run_dir / "samples.npy", samples.astype(np.float32))
     write_json(run_dir / "metrics.json", metrics)
     title = f"gan_1d_normal, mode {args.mode}, preset {args.preset}, seed {args.seed}"
-    plot_histograms({k: v for k, v in snapshots.items() if k <= args.epochs}, args,
-                    run_dir / "histograms.png", title)  # fmt: skip
-    plot_moments(traj.cpu().numpy(), args, run_dir / "moments.png", title)
-    plot_map(G_eval, args, device, run_dir / "input_distribution.png", title)
+    plot_histograms(snapshots, run_dir / "histograms.png", title)
+    plot_moments(traj.cpu().numpy(), run_dir / "moments.png", title)
+    plot_map(G_eval, device, run_dir / "input_distribution.png", title)
     print(f"{SCRIPT}: mean {metrics['mean']:.3f} std {metrics['std']:.3f} "
           f"skew {metrics['skewness']:.3f} kurt {metrics['excess_kurtosis']:.3f} "
           f"KS {metrics['ks']:.4f} W1 {metrics['w1']:.4f} -> {run_dir}", flush=True)  # fmt: skip

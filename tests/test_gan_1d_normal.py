@@ -107,12 +107,11 @@ def test_ks_statistic():
 def test_evaluate_moment_tolerance_on_exact_maps():
     """A G that is the ideal inverse CDF meets the moment tolerance; shifted by 0.06 (beyond the
     0.05 on the mean) it does not."""
-    args = g.parse_args([])
     gen = torch.Generator().manual_seed(0)
     ideal = lambda u: 4.0 + 1.25 * torch.special.ndtri(u)
-    m, samples = g.evaluate(ideal, args, torch.device("cpu"), gen)
+    m, samples = g.evaluate(ideal, torch.device("cpu"), gen)
     assert m["moments_ok"] and m["ks"] < 0.02 and samples.shape == (g.EVAL_SAMPLES,)
-    m, _ = g.evaluate(lambda u: ideal(u) + 0.06, args, torch.device("cpu"), gen)
+    m, _ = g.evaluate(lambda u: ideal(u) + 0.06, torch.device("cpu"), gen)
     assert not m["moments_ok"]
 
 
@@ -204,7 +203,6 @@ def test_presets_fill_only_unset_flags():
     [
         (["--epochs", "0"], "--epochs"),
         (["--d-steps", "0"], "--d-steps"),
-        (["--std", "-1"], "--std"),
         (["--batch-size", "2"], "--batch-size"),
         (["--r1-gamma", "-1"], "--r1-gamma"),
         (["--lr-d", "0"], "--lr-d"),
