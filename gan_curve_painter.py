@@ -5,17 +5,13 @@ A real painting is 15 points of y = a x^2 + (a - 1) at x in linspace(-1, 1, 15) 
 a ~ U(1, 2), so it lies between the lower bound x^2 (a = 1) and the upper bound 2 x^2 + 1
 (a = 2). G maps a 5-d Gaussian "idea" through 5 -> 128 -> 15 (ReLU) to a painting; D judges a
 painting through 15 -> 128 -> 1 (ReLU, sigmoid). Batch 64, 10,000 steps, one D step then one G
-step (Algorithm 1, k = 1): D on detached fakes, G against the updated D, so no retain_graph.
+step (Algorithm 1, k = 1). The default recipe (`--preset ours`) trains both nets with Adam at
+lr 6e-4 and betas (0, 0.9) and evaluates a moving average of G's weights; `--preset notes` is
+the tutorial's Adam at lr 1e-4 and torch's default betas (docs/gan_curve_painter.md).
 
-The default recipe (`--preset ours`) trains both nets with Adam at lr 6e-4 and betas (0, 0.9),
-the setting of WGAN-GP and SAGAN, and evaluates a moving average of G's weights; `--preset
-notes` is the tutorial's Adam at lr 1e-4 with torch's default betas, which is still far from
-done at 10,000 steps (docs/gan_curve_painter.md has the measurements).
-
-Papers: Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014: D ascends
-log D(x) + log(1 - D(G(z))) (Eq. 1); G descends log(1 - D(G(z))) (`--g-loss minimax`, Eq. 1)
-or -log D(G(z)) (`--g-loss nonsaturating`, Sec. 3). Yazici et al., "The Unusual Effectiveness
-of Averaging in GAN Training", ICLR 2019 (the moving average of G, `--ema`).
+Papers: Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014 (Eq. 1; the
+non-saturating G loss of Sec. 3); Yazici et al., "The Unusual Effectiveness of Averaging in GAN
+Training", ICLR 2019 (the moving average of G).
 
 Full run (10,000 steps, about half a minute on one CPU core):
     python gan_curve_painter.py
@@ -24,11 +20,9 @@ Quick run (seconds):
     python gan_curve_painter.py --steps 300 --frame-every 100 --run-name quick
 
 Writes outputs/gan_curve_painter/<run-name>/: config.json, metrics.json (share of 1,000
-generated curves entirely within the bounds +- 0.05, share of points within, mean/std of each
-curve's least-squares a and its KS statistic against U(1, 2), D on real and generated paintings
-and along the parabola family), log.jsonl, frames/step_XXXXXXX.png (5 paintings from fixed
-ideas every --frame-every steps), training.gif, final.png, losses.png, paintings.npy
-((1000, 15) curves) and checkpoint.pt.
+generated curves within the bounds, the fitted a against U(1, 2), D on real, generated and
+family paintings), log.jsonl, frames/ (5 paintings from fixed ideas every --frame-every steps),
+training.gif, final.png, losses.png, paintings.npy ((1000, 15) curves) and checkpoint.pt.
 """
 
 from __future__ import annotations
@@ -454,18 +448,11 @@ def evaluate(G, D, x: torch.Tensor, gen: torch.Generator) -> tuple[dict, np.ndar
 
 
 # ----------------------------------------------------------------------------- plots
+# matplotlib's Figure without pyplot: no backend, no window, nothing to close; imported only
+# when a run gets this far.
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _draw_bounds(ax, x: np.ndarray) -> None:
+def draw_bounds(ax, x: np.ndarray) -> None:
     ax.plot(x, 2 * x**2 + 1, c="#74BCFF", lw=3, label="upper bound 2x²+1")
     ax.plot(x, x**2, c="#FF9359", lw=3, label="lower bound x²")
     ax.set_xlim(-1.05, 1.05)
@@ -475,9 +462,11 @@ def _draw_bounds(ax, x: np.ndarray) -> None:
 
 
 def save_frame(curves: np.ndarray, x: np.ndarray, step: int, d_real: float, path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(3.8, 3.0))
-    _draw_bounds(ax, x)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.8, 3.0), layout="tight")
+    ax = fig.subplots()
+    draw_bounds(ax, x)
     for i, c in enumerate(curves):
         ax.plot(x, c, c="#4AD631", lw=1.5, alpha=0.8, label="generated" if i == 0 else None)
     ax.set_title(f"step {step}   D(real) {d_real:.2f}", fontsize=9)
@@ -485,9 +474,7 @@ def save_frame(curves: np.ndarray, x: np.ndarray, step: int, d_real: float, path
     ax.tick_params(labelsize=7)
     ax.xaxis.label.set_size(7)
     ax.yaxis.label.set_size(7)
-    fig.tight_layout()
     fig.savefig(path, dpi=72)
-    plt.close(fig)
 
 
 def write_gif(frame_paths: list[Path], path: Path, ms_per_frame: int = 120) -> None:
@@ -502,9 +489,11 @@ def write_gif(frame_paths: list[Path], path: Path, ms_per_frame: int = 120) -> N
 
 
 def plot_final(curves: np.ndarray, x: np.ndarray, metrics: dict, path: Path, title: str) -> None:
-    plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    _draw_bounds(ax1, x)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8), layout="tight")
+    ax1, ax2 = fig.subplots(1, 2)
+    draw_bounds(ax1, x)
     for c in curves[:100]:
         ax1.plot(x, c, c="#4AD631", lw=0.7, alpha=0.4)
     ax1.legend(loc="upper center", fontsize=7)
@@ -519,15 +508,15 @@ def plot_final(curves: np.ndarray, x: np.ndarray, metrics: dict, path: Path, tit
                   f"KS {metrics['a_ks_vs_uniform']:.3f}", fontsize=9)  # fmt: skip
     ax2.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def plot_losses(history: list[dict], path: Path, title: str) -> None:
-    plt = _plt()
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.4), layout="tight")
+    ax1, ax2 = fig.subplots(1, 2)
     steps = [h["step"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
     ax1.plot(steps, [h["d_loss"] for h in history], label="D loss")
     ax1.plot(steps, [h["g_loss"] for h in history], label="G loss")
     ax1.set_ylabel(f"loss (nats, mean over {LOG_EVERY} steps)")
@@ -540,9 +529,7 @@ def plot_losses(history: list[dict], path: Path, title: str) -> None:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- main
@@ -568,12 +555,12 @@ def main(argv: list[str] | None = None) -> None:
     G_avg = copy.deepcopy(G).requires_grad_(False)  # the average that is evaluated
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=args.adam_betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=args.adam_betas)
+    state = {"G": G, "D": D, "G_avg": G_avg, "opt_g": opt_g, "opt_d": opt_d}
     z_frames = torch.randn(5, N_IDEAS, device=device, generator=eval_gen)  # same 5 every frame
     step, history = 0, []
     if ckpt is not None:
-        for module, key in ((G, "G"), (D, "D"), (G_avg, "G_avg"), (opt_g, "opt_g"),
-                            (opt_d, "opt_d")):  # fmt: skip
-            module.load_state_dict(ckpt[key])
+        for key, obj in state.items():
+            obj.load_state_dict(ckpt[key])
         step, history = ckpt["step"], ckpt["history"]
         eval_gen.set_state(ckpt["eval_gen"])
         set_rng_state(ckpt["rng"])
@@ -591,13 +578,6 @@ def main(argv: list[str] | None = None) -> None:
         d_real = torch.sigmoid(D(artist_works(256, x, eval_gen))).mean().item()
         save_frame(G_eval(z_frames).cpu().numpy(), x_np, at_step, d_real,
                    frames_dir / f"step_{at_step:07d}.png")  # fmt: skip
-
-    def checkpoint() -> None:
-        save_checkpoint(run_dir / "checkpoint.pt", {
-            "config": config, "step": step, "G": G.state_dict(), "D": D.state_dict(),
-            "G_avg": G_avg.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "history": history, "eval_gen": eval_gen.get_state(),
-        }, version=CHECKPOINT_VERSION)  # fmt: skip
 
     if step == 0:
         frame(0)
@@ -640,7 +620,10 @@ def main(argv: list[str] | None = None) -> None:
         if step % args.frame_every == 0 or step == args.steps:
             frame(step)
         if step % CHECKPOINT_EVERY == 0 or step == args.steps:
-            checkpoint()
+            save_checkpoint(run_dir / "checkpoint.pt", {
+                "config": config, "step": step, **{k: v.state_dict() for k, v in state.items()},
+                "history": history, "eval_gen": eval_gen.get_state(),
+            }, version=CHECKPOINT_VERSION)  # fmt: skip
     progress.close()
     train_seconds = time.perf_counter() - t0
 
