@@ -349,21 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--g-loss", choices=("nonsaturating", "minimax"), default="nonsaturating",
                    help="G maximises log D(G(z)) (Sec. 3) or minimises log(1 - D(G(z))) (Eq. 1)")  # fmt: skip
     p.add_argument("--recon-weight", type=float, default=None,
-                   help="weight of the notes' L1 term |G(z) - x| in G's loss (default: the "
-                        "preset's: 0.05, classic 0)")  # fmt: skip
+                   help="weight of the notes' L1 term |G(z) - x| in G's loss (default: 0.05, classic 0)")  # fmt: skip
     p.add_argument("--r1-gamma", type=float, default=None,
                    help="R1 penalty gamma/2 E||grad_x D(x)||^2 on real images (Mescheder et al. "
                         "2018, Eq. 9); 0 turns it off (default: the preset's: recipe 0.1, else 0)")  # fmt: skip
     p.add_argument("--ema-decay", type=float, default=None,
-                   help="EMA of G's weights, used to draw images; 0: G's own weights (default: "
-                        "the preset's: recipe 0.9999, else 0)")  # fmt: skip
+                   help="EMA of G's weights, used to draw images; 0: G's own (default: recipe 0.9999, else 0)")  # fmt: skip
     p.add_argument("--sampler", choices=("drs", "g"), default=None,
                    help="how evaluations, the final grid and --generate draw images: drs keeps "
                         "or rejects G's samples by D's logit (Azadi et al. 2019), g is G alone "
                         "(default: the run's own; for training the preset's: recipe drs, else g)")  # fmt: skip
     p.add_argument("--drs-percentile", type=float, default=80.0,
-                   help="DRS's gamma is this percentile of F(x) over the burn-in samples; "
-                        "higher keeps fewer")  # fmt: skip
+                   help="DRS's gamma: this percentile of F(x) on the burn-in; higher keeps fewer")  # fmt: skip
     p.add_argument("--eval-every", type=int, default=0,
                    help="score the samples every N epochs; 0 (the default): at the end only")  # fmt: skip
     p.add_argument("--eval-samples", type=int, default=10_000, help="images per evaluation")
