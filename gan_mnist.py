@@ -8,16 +8,11 @@ Gaussian noise z to a 28x28 image, D scores how real an image looks, and the two
 by alternating stochastic gradient steps (Algorithm 1: k D updates, then one G update), with G
 maximising log D(G(z)) (Sec. 3, the non-saturating loss).
 
-Presets (docs/gan_mnist.md says what each measured):
-  recipe  (default) the notes' models and optimiser plus what measured better: an R1 penalty on
-          D (Mescheder et al. 2018), an EMA of G's weights, the learning rates falling linearly
-          to 0 over 30 epochs, and discriminator rejection sampling (Azadi et al. 2019) when
-          drawing images.
-  notes   the study notes' GAN as written: G 96-128-256-512-1024-784 (BatchNorm1d + GELU,
-          Sigmoid), D 784-512-256-128-64-32-1 (GELU), Adam(3e-4, betas (0.4, 0.8), weight decay
-          1e-4), batch 64, G's loss plus 0.05 |G(z) - x|, constant learning rate, 200 epochs.
-  classic the notes' PyTorch-GAN MLP: latent 100, LeakyReLU(0.2), BatchNorm1d(eps 0.8), Tanh,
-          data in [-1, 1], D 784-512-256-1, Adam(2e-4, betas (0.5, 0.999)), 50 epochs.
+Presets (PRESETS below; docs/gan_mnist.md says what each measured): `recipe` (the default) is
+the study notes' GAN plus what measured better: an R1 penalty on D (Mescheder et al. 2018), an
+EMA of G's weights, learning rates falling linearly to 0 over 30 epochs, and discriminator
+rejection sampling (Azadi et al. 2019) when drawing images. `notes` is the notes' GAN as
+written (200 epochs), `classic` the notes' PyTorch-GAN MLP (50 epochs).
 
 Quality is scored by a small CNN digit classifier trained once on MNIST train and cached in
 <data-root>/cache/: FID in its 128-d feature space against MNIST test (with the train-vs-test
@@ -29,8 +24,9 @@ The notes:  python gan_mnist.py --preset notes           # 200 epochs; add --epo
 Generate:   python gan_mnist.py --generate 1000 --checkpoint RUN/checkpoint.pt --samples-out s.npy
 Re-score:   python gan_mnist.py --eval-only --checkpoint RUN/checkpoint.pt
 
-RUN is outputs/gan_mnist/<run-name>/; a run writes there config.json, metrics.json, log.jsonl, checkpoint.pt (each
-epoch), samples/epoch_XXX.png (fixed noise, one per epoch), samples_final.png, losses.png.
+RUN is outputs/gan_mnist/<run-name>/; a run writes there config.json, metrics.json, log.jsonl,
+checkpoint.pt (each epoch), samples/epoch_XXX.png (fixed noise, one per epoch),
+samples_final.png and losses.png.
 """
 
 from __future__ import annotations
@@ -312,8 +308,8 @@ def run_cli(main, argv: list[str] | None = None) -> int:
 
 CHECKPOINT_VERSION = 3
 
-# Each preset fixes the models, the optimiser and the training recipe; --epochs, --recon-weight,
-# --r1-gamma, --ema-decay and --sampler override the preset's value when given.
+# Each preset fixes the models, the optimiser and the training recipe; the flags named in
+# OVERRIDABLE replace the preset's value when given.
 PRESETS = {
     "recipe": dict(arch="notes", latent_dim=96, lr=3e-4, betas=(0.4, 0.8), weight_decay=1e-4,
                    epochs=30, recon_weight=0.05, r1_gamma=0.1, ema_decay=0.9999,
@@ -327,10 +323,13 @@ PRESETS = {
 }  # fmt: skip
 OVERRIDABLE = ("epochs", "recon_weight", "r1_gamma", "ema_decay", "sampler")
 # Flags that shape the training: with --resume they come from the checkpoint and may not be given.
-TRAINING_FLAGS = ("preset", "epochs", "batch_size", "d_steps", "g_loss", "recon_weight",
-                  "r1_gamma", "r1_every", "ema_decay", "sampler", "drs_percentile",
-                  "eval_every", "eval_samples", "precision", "seed")  # fmt: skip
+TRAINING_FLAGS = {"--preset", "--epochs", "--batch-size", "--d-steps", "--g-loss", "--recon-weight",
+                  "--r1-gamma", "--ema-decay", "--sampler", "--drs-percentile", "--eval-every",
+                  "--eval-samples", "--seed"}  # fmt: skip
 
+# Lazy R1 (Karras et al. 2020): on every 4th D update with 4 x gamma, the same on average at a
+# quarter of the cost; every 16th measured worse (docs/gan_mnist.md).
+R1_EVERY = 4
 DRS_BURN_IN = 10_000  # G samples D scores first, to fix DRS's largest logit and gamma
 LOG_EVERY = 100  # steps between log.jsonl rows
 # The evaluation classifier: changing anything here (or the training data) invalidates the cache.
@@ -350,30 +349,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--g-loss", choices=("nonsaturating", "minimax"), default="nonsaturating",
                    help="G maximises log D(G(z)) (Sec. 3) or minimises log(1 - D(G(z))) (Eq. 1)")  # fmt: skip
     p.add_argument("--recon-weight", type=float, default=None,
-                   help="weight of the notes' L1 term |G(z) - x| in G's loss (default: the "
-                        "preset's: 0.05, classic 0)")  # fmt: skip
+                   help="weight of the notes' L1 term |G(z) - x| in G's loss (default: 0.05, classic 0)")  # fmt: skip
     p.add_argument("--r1-gamma", type=float, default=None,
                    help="R1 penalty gamma/2 E||grad_x D(x)||^2 on real images (Mescheder et al. "
                         "2018, Eq. 9); 0 turns it off (default: the preset's: recipe 0.1, else 0)")  # fmt: skip
-    p.add_argument("--r1-every", type=int, default=4,
-                   help="R1 on every N-th D update with N times the weight (lazy regularisation, "
-                        "Karras et al. 2020)")  # fmt: skip
     p.add_argument("--ema-decay", type=float, default=None,
-                   help="EMA of G's weights, used to draw images; 0: G's own weights (default: "
-                        "the preset's: recipe 0.9999, else 0)")  # fmt: skip
+                   help="EMA of G's weights, used to draw images; 0: G's own (default: recipe 0.9999, else 0)")  # fmt: skip
     p.add_argument("--sampler", choices=("drs", "g"), default=None,
                    help="how evaluations, the final grid and --generate draw images: drs keeps "
                         "or rejects G's samples by D's logit (Azadi et al. 2019), g is G alone "
                         "(default: the run's own; for training the preset's: recipe drs, else g)")  # fmt: skip
     p.add_argument("--drs-percentile", type=float, default=80.0,
-                   help="DRS's gamma is this percentile of F(x) over the burn-in samples; "
-                        "higher keeps fewer")  # fmt: skip
+                   help="DRS's gamma: this percentile of F(x) on the burn-in; higher keeps fewer")  # fmt: skip
     p.add_argument("--eval-every", type=int, default=0,
                    help="score the samples every N epochs; 0 (the default): at the end only")  # fmt: skip
     p.add_argument("--eval-samples", type=int, default=10_000, help="images per evaluation")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
-                   help="compute dtype of the Linear layers in training (weights, optimiser and "
-                        "losses stay float32); auto: bfloat16 where the hardware has it natively")  # fmt: skip
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="the run to use with --generate or --eval-only")  # fmt: skip
     p.add_argument("--generate", type=int, default=None, metavar="N",
@@ -386,47 +376,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Script-specific usage errors, before any work is done (exit 2)."""
-    if args.epochs is not None and args.epochs < 1:
-        raise UsageError("--epochs must be >= 1")
-    if args.batch_size < 2:
-        raise UsageError("--batch-size must be >= 2 (BatchNorm needs two samples per batch)")
-    if args.d_steps < 1:
-        raise UsageError("--d-steps must be >= 1 (Algorithm 1 needs one D update per G update)")
-    for flag in ("recon_weight", "r1_gamma"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 0:
-            raise UsageError(f"--{flag.replace('_', '-')} must be >= 0")
-    if args.r1_every < 1:
-        raise UsageError("--r1-every must be >= 1")
-    if args.ema_decay is not None and not 0.0 <= args.ema_decay < 1.0:
-        raise UsageError("--ema-decay must be in [0, 1)")
-    if not 0.0 <= args.drs_percentile < 100.0:
-        raise UsageError("--drs-percentile must be in [0, 100)")
-    if args.eval_every < 0:
-        raise UsageError("--eval-every must be >= 0")
-    if args.eval_samples < 10:
-        raise UsageError("--eval-samples must be >= 10 (the Inception Score uses 10 splits)")
-    if args.generate is not None and args.eval_only:
-        raise UsageError("--generate and --eval-only are separate modes: use one")
-    if args.generate is not None or args.eval_only:
-        mode = "--generate" if args.generate is not None else "--eval-only"
-        if args.generate is not None and args.generate < 1:
-            raise UsageError("--generate N needs N >= 1")
-        if args.checkpoint is None:
-            raise UsageError(f"{mode} needs --checkpoint PATH")
-        if args.generate is not None and args.samples_out is None:
-            raise UsageError("--generate needs --samples-out FILE.npy")
-        if args.resume is not None:
-            raise UsageError(f"{mode} reads --checkpoint; --resume is for training")
-    elif args.checkpoint is not None or args.samples_out is not None:
-        raise UsageError("--checkpoint is only used with --generate or --eval-only, "
-                         "--samples-out only with --generate")  # fmt: skip
-    if args.samples_out is not None and args.eval_only:
-        raise UsageError("--samples-out is only used with --generate")
+    generate = args.generate is not None
+    mode = "--generate" if generate else "--eval-only" if args.eval_only else None
+    errors = [
+        (args.epochs is not None and args.epochs < 1, "--epochs must be >= 1"),
+        (args.batch_size < 2, "--batch-size must be >= 2 (BatchNorm needs two samples per batch)"),
+        (args.d_steps < 1, "--d-steps must be >= 1 (Algorithm 1 needs one D update per G update)"),
+        ((args.recon_weight or 0.0) < 0, "--recon-weight must be >= 0"),
+        ((args.r1_gamma or 0.0) < 0, "--r1-gamma must be >= 0"),
+        (not 0.0 <= (args.ema_decay or 0.0) < 1.0, "--ema-decay must be in [0, 1)"),
+        (not 0.0 <= args.drs_percentile < 100.0, "--drs-percentile must be in [0, 100)"),
+        (args.eval_every < 0, "--eval-every must be >= 0"),
+        (args.eval_samples < 10, "--eval-samples must be >= 10 (the Inception Score uses 10 splits)"),
+        (generate and args.eval_only, "--generate and --eval-only are separate modes: use one"),
+        (generate and args.generate < 1, "--generate N needs N >= 1"),
+        (mode and args.checkpoint is None, f"{mode} needs --checkpoint PATH"),
+        (generate and args.samples_out is None, "--generate needs --samples-out FILE.npy"),
+        (mode and args.resume is not None, f"{mode} reads --checkpoint; --resume is for training"),
+        (not mode and args.checkpoint is not None, "--checkpoint is only used with --generate or --eval-only"),
+        (not generate and args.samples_out is not None, "--samples-out is only used with --generate"),
+    ]  # fmt: skip
+    for failed, message in errors:
+        if failed:
+            raise UsageError(message)
     if args.resume is not None:
         # The checkpoint carries the run's settings; a different one here would silently fork it.
-        given = args.given
-        clash = sorted(f"--{f.replace('_', '-')}" for f in TRAINING_FLAGS
-                       if f"--{f.replace('_', '-')}" in given)  # fmt: skip
+        clash = sorted(TRAINING_FLAGS & args.given)
         if clash:
             raise UsageError(f"--resume continues a run with its own settings; drop {clash[0]}")
 
@@ -451,7 +426,6 @@ MNIST_MD5 = {
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
-MNIST_SIZES = {"train": 60_000, "t10k": 10_000}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -466,24 +440,11 @@ def read_idx(path: Path) -> np.ndarray:
     offset = 4 + 4 * ndim
     if len(data) - offset != math.prod(dims):
         raise RunError(f"{path} has {len(data) - offset} data bytes but its header says {dims}")
-    full = MNIST_SIZES.get(path.name.split("-")[0])
+    full = {"train": 60_000, "t10k": 10_000}.get(path.name.split("-")[0])
     if dims and dims[0] == full and path.name in MNIST_MD5:
         if hashlib.md5(raw).hexdigest() != MNIST_MD5[path.name]:
             raise RunError(f"{path} has MNIST's size but not its checksum: download it again")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
-
-
-def find_mnist_files(raw: Path) -> tuple[dict[str, Path], list[str]]:
-    """The idx files found (plain preferred over .gz) and the names of those missing."""
-    found, missing = {}, []
-    for key, name in MNIST_FILES.items():
-        for candidate in (raw / name, raw / f"{name}.gz"):
-            if candidate.is_file():
-                found[key] = candidate
-                break
-        else:
-            missing.append(name)
-    return found, missing
 
 
 def load_mnist(data_root: Path) -> dict[str, np.ndarray]:
@@ -492,8 +453,13 @@ def load_mnist(data_root: Path) -> dict[str, np.ndarray]:
     Missing files: one try of torchvision's download (quietly), then a RunError naming them.
     A failed download leaves no empty folders behind."""
     raw = data_root / "MNIST" / "raw"
-    found, missing = find_mnist_files(raw)
-    if missing and not (data_root / "MNIST" / "MNIST").exists():
+
+    def find() -> dict[str, Path | None]:  # the plain file, else its .gz
+        paths = {key: (raw / name, raw / f"{name}.gz") for key, name in MNIST_FILES.items()}
+        return {key: next((p for p in ps if p.is_file()), None) for key, ps in paths.items()}
+
+    found = find()
+    if None in found.values() and not (data_root / "MNIST" / "MNIST").exists():
         root_existed = data_root.exists()
         print(f"MNIST not in {raw}; trying torchvision's download ...", flush=True)
         try:
@@ -510,7 +476,8 @@ def load_mnist(data_root: Path) -> dict[str, np.ndarray]:
         remove_empty_dirs(raw, data_root)
         if not root_existed and data_root.is_dir() and not any(data_root.iterdir()):
             data_root.rmdir()
-        found, missing = find_mnist_files(raw)
+        found = find()
+    missing = [MNIST_FILES[key] for key, path in found.items() if path is None]
     if missing:
         # Names the first file, or explains a link made inside an existing folder.
         how = (f"put the idx files {', '.join(missing)} (or their .gz) in {raw}/, "
@@ -762,6 +729,9 @@ def train_step(nets: Nets, real_batches: list[torch.Tensor], step: int,
             "d_fake": torch.sigmoid(fake_logits.detach()).mean()}  # fmt: skip
 
 
+# -------------------------------------------------------------------------- speed only (CPU)
+
+
 def cpu_has_native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -770,27 +740,19 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
-    """--precision -> the autocast dtype (None: float32). Emulated bf16 is slower than float32,
-    so auto takes it only where it is native."""
-    if choice == "bfloat16":
-        return torch.bfloat16
-    if choice == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        if device.type == "cpu" and cpu_has_native_bf16():
-            return torch.bfloat16
-    return None
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The Linear layers' compute dtype in training: bfloat16 where the hardware has it natively,
+    else None (float32; emulated bfloat16 is slower). Weights and optimiser stay float32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
 
 
 def make_adam(module: nn.Module, cfg: dict) -> torch.optim.Adam:
-    """Adam with the preset's settings; the fused kernel where this build has it for the device
-    (one pass over all parameters; the same update rule)."""
-    kw = dict(lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
-    try:
-        return torch.optim.Adam(module.parameters(), fused=True, **kw)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(module.parameters(), **kw)
+    """Adam with the preset's settings, as the fused kernel: one pass over all parameters, the
+    same update rule."""
+    return torch.optim.Adam(module.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]),
+                            weight_decay=cfg["weight_decay"], fused=True)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- evaluation
@@ -896,9 +858,8 @@ def load_or_train_classifier(mnist: dict[str, np.ndarray], data_root: Path,
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                    "fingerprint": fingerprint, "test_accuracy": acc}  # fmt: skip
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        torch.save(payload, path.with_name(path.name + ".tmp"))
+        os.replace(path.with_name(path.name + ".tmp"), path)
     except OSError as exc:
         print(f"warning: could not cache the classifier at {path}: {exc}", flush=True)
     return model, acc
@@ -1005,20 +966,25 @@ def format_eval(r: dict) -> str:
 # ------------------------------------------------------------------------------------- figures
 
 
-def save_grid(x01: torch.Tensor, path: Path, nrow: int, title: str) -> None:
-    """A grid of 28x28 samples with its title (epoch, step, sampler) inside the image."""
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_grid(x01: torch.Tensor, path: Path, nrow: int, title: str) -> None:
+    """A grid of 28x28 samples with its title (epoch, step, sampler) inside the image."""
     from torchvision.utils import make_grid
 
+    plt = pyplot()
     grid = make_grid(x01.reshape(-1, 1, 28, 28).clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)  # fmt: skip
-    n, ncol = len(x01), nrow
-    fig, ax = plt.subplots(figsize=(0.55 * ncol + 0.6, 0.55 * math.ceil(n / ncol) + 1.0))
+    fig, ax = plt.subplots(figsize=(0.55 * nrow + 0.6, 0.55 * math.ceil(len(x01) / nrow) + 1.0))
     ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel(f"{n} samples, {ncol} per row (28 x 28 px each)", fontsize=8)
+    ax.set_xlabel(f"{len(x01)} samples, {nrow} per row (28 x 28 px each)", fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
@@ -1028,13 +994,7 @@ def save_grid(x01: torch.Tensor, path: Path, nrow: int, title: str) -> None:
 
 
 def plot_losses(history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history:
-        return
+    plt = pyplot()
     steps = [h["step"] for h in history]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     ax1.plot(steps, [h["d_loss"] for h in history], label="D loss")
@@ -1058,17 +1018,13 @@ def plot_losses(history: list[dict], path: Path, title: str) -> None:
 
 def run_config(args: argparse.Namespace, n_train: int) -> dict:
     """The flat config of a new run: the preset, then the flags that override it."""
-    preset = PRESETS[args.preset]
-    cfg = {"preset": args.preset, **preset}
-    for key in OVERRIDABLE:
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
-    for key in ("seed", "batch_size", "d_steps", "g_loss", "r1_every", "drs_percentile",
-                "eval_every", "eval_samples", "precision", "run_name"):  # fmt: skip
+    cfg = {"preset": args.preset, **PRESETS[args.preset]}
+    cfg.update({key: getattr(args, key) for key in OVERRIDABLE if getattr(args, key) is not None})
+    for key in ("seed", "batch_size", "d_steps", "g_loss", "drs_percentile", "eval_every",
+                "eval_samples", "run_name"):  # fmt: skip
         cfg[key] = getattr(args, key)
-    cfg["data_root"] = str(args.data_root.resolve())
-    cfg["steps_per_epoch"] = n_train // (args.batch_size * args.d_steps)
-    cfg["n_train"] = n_train
+    cfg.update(r1_every=R1_EVERY, data_root=str(args.data_root.resolve()), n_train=n_train,
+               steps_per_epoch=n_train // (args.batch_size * args.d_steps))  # fmt: skip
     return cfg
 
 
@@ -1089,11 +1045,9 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
         if cfg["steps_per_epoch"] < 1:
             raise UsageError(f"--batch-size {args.batch_size} x --d-steps {args.d_steps} is more "
                              f"than the {n_train} training images")  # fmt: skip
-    cfg["threads"], cfg["device"] = args.threads, str(device)
-    autocast_dtype = resolve_precision(cfg["precision"], device)
-    cfg["autocast_dtype"] = (
-        str(autocast_dtype).replace("torch.", "") if autocast_dtype else "float32"
-    )
+    dtype = autocast_dtype(device)
+    cfg.update(threads=args.threads, device=str(device),
+               autocast_dtype=str(dtype).replace("torch.", "") if dtype else "float32")  # fmt: skip
     classifier, clf_acc = load_or_train_classifier(mnist, args.data_root, device)
 
     seed_everything(cfg["seed"])
@@ -1104,7 +1058,7 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
     ema = copy.deepcopy(g).requires_grad_(False) if cfg["ema_decay"] > 0 else None
     nets = Nets(g, d, make_adam(g, cfg), make_adam(d, cfg), ema)
     sc = StepConfig(cfg["latent_dim"], cfg["g_loss"], cfg["recon_weight"], cfg["r1_gamma"],
-                    cfg["r1_every"], cfg["ema_decay"], autocast_dtype)  # fmt: skip
+                    cfg["r1_every"], cfg["ema_decay"], dtype)  # fmt: skip
     fixed_z = torch.randn(64, cfg["latent_dim"], generator=torch.Generator().manual_seed(cfg["seed"] + 1)).to(device)  # fmt: skip
     start_epoch, history, evals = 0, [], []
     if ckpt is not None:
@@ -1182,9 +1136,7 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
                  "epoch": done, "step": step, "history": history, "evals": evals,
                  "log_bytes": log_path.stat().st_size}  # fmt: skip
         save_checkpoint(run_dir / "checkpoint.pt", state, version=CHECKPOINT_VERSION)
-        plot_losses(
-            history, run_dir / "losses.png", f"{SCRIPT} {cfg['preset']}, seed {cfg['seed']}"
-        )
+        plot_losses(history, run_dir / "losses.png", f"{SCRIPT} {cfg['preset']}, seed {cfg['seed']}")  # fmt: skip
     progress.close()
 
     if not evals or evals[-1]["epoch"] != cfg["epochs"]:

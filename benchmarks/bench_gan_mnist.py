@@ -109,8 +109,8 @@ def speed(args: argparse.Namespace) -> None:
 
     g, d = gm.build_generator("notes", 96), gm.build_discriminator("notes")
     nets = gm.Nets(g, d, gm.make_adam(g, cfg), gm.make_adam(d, cfg), gm.copy.deepcopy(g))
-    sc = gm.StepConfig(96, "nonsaturating", cfg["recon_weight"], cfg["r1_gamma"], 4,
-                       cfg["ema_decay"], gm.resolve_precision("auto", torch.device("cpu")))  # fmt: skip
+    sc = gm.StepConfig(96, "nonsaturating", cfg["recon_weight"], cfg["r1_gamma"], gm.R1_EVERY,
+                       cfg["ema_decay"], gm.autocast_dtype(torch.device("cpu")))  # fmt: skip
     g2, d2 = gm.build_generator("notes", 96), gm.build_discriminator("notes")
     kw = dict(lr=cfg["lr"], betas=cfg["betas"], weight_decay=cfg["weight_decay"])
     notes_opts = (torch.optim.Adam(g2.parameters(), **kw), torch.optim.Adam(d2.parameters(), **kw))

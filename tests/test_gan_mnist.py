@@ -355,13 +355,11 @@ def test_make_adam_updates_like_plain_adam():
         torch.testing.assert_close(pa, pb)
 
 
-def test_resolve_precision(monkeypatch):
-    assert gm.resolve_precision("float32", CPU) is None
-    assert gm.resolve_precision("bfloat16", CPU) is torch.bfloat16
+def test_autocast_dtype(monkeypatch):
     monkeypatch.setattr(gm, "cpu_has_native_bf16", lambda: False)
-    assert gm.resolve_precision("auto", CPU) is None  # emulated bf16 would be slower
+    assert gm.autocast_dtype(CPU) is None  # emulated bf16 would be slower
     monkeypatch.setattr(gm, "cpu_has_native_bf16", lambda: True)
-    assert gm.resolve_precision("auto", CPU) is torch.bfloat16
+    assert gm.autocast_dtype(CPU) is torch.bfloat16
 
 
 def test_classifier_cache_is_reused_invalidated_and_never_moves_the_global_rng(tmp_path, capsys):
@@ -386,7 +384,7 @@ def test_classifier_cache_is_reused_invalidated_and_never_moves_the_global_rng(t
 @pytest.mark.parametrize("flags, message", [
     (["--d-steps", "0"], "--d-steps"), (["--batch-size", "1"], "--batch-size"),
     (["--ema-decay", "1.0"], "--ema-decay"), (["--r1-gamma", "-1"], "--r1-gamma"),
-    (["--r1-every", "0"], "--r1-every"), (["--drs-percentile", "100"], "--drs-percentile"),
+    (["--recon-weight", "-1"], "--recon-weight"), (["--drs-percentile", "100"], "--drs-percentile"),
     (["--eval-samples", "5"], "--eval-samples"), (["--generate", "5"], "--checkpoint"),
     (["--samples-out", "x.npy"], "--samples-out"), (["--eval-only"], "--checkpoint"),
     (["--eval-only", "--generate", "3"], "separate modes"), (["--epoch", "3"], "--epoch"),
@@ -461,12 +459,14 @@ def test_smoke_run_writes_everything_then_generates_and_rescores(mnist_root, tmp
     out = tmp_path / "out"
     proc = run_script("gan_mnist.py", "--data-root", mnist_root, "--out", out, "--run-name", "s",
                       "--epochs", "2", "--eval-every", "1", "--eval-samples", "100",
-                      "--d-steps", "2", "--precision", "bfloat16")  # fmt: skip
+                      "--d-steps", "2")  # fmt: skip
     assert "FID" in proc.stdout
     run = out / "gan_mnist" / "s"
     config = json.loads((run / "config.json").read_text())
     assert config["preset"] == "recipe" and config["steps_per_epoch"] == 512 // (64 * 2)
-    assert config["sampler"] == "drs" and config["r1_gamma"] == 0.1 and config["autocast_dtype"] == "bfloat16"  # fmt: skip
+    assert config["sampler"] == "drs" and config["r1_gamma"] == 0.1 and config["r1_every"] == 4
+    dtype = gm.autocast_dtype(CPU)
+    assert config["autocast_dtype"] == ("bfloat16" if dtype is torch.bfloat16 else "float32")
     metrics = json.loads((run / "metrics.json").read_text())
     final = metrics["final"]
     assert metrics["steps"] == 8 and [e["epoch"] for e in metrics["evals"]] == [1, 2]
