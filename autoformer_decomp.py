@@ -606,7 +606,8 @@ def plot_decomposition(data: ETTData, kernel: int, out_dir: Path) -> None:
             f"every channel: input and trend, k = {kernel} hours", "seasonal = input - trend"),
     }  # fmt: skip
     for name, (rows, left, right) in figures.items():
-        fig, axes = plt.subplots(len(rows), 2, figsize=(13, 2.2 * len(rows)), sharex=True)
+        fig, axes = plt.subplots(len(rows), 2, figsize=(13, 2.2 * len(rows)), squeeze=False,
+                                 sharex=True)  # fmt: skip
         for (c, k), row in zip(rows, axes):
             seasonal, trend = SeriesDecomposition(k)(values)
             row[0].plot(dates, values[0, :, c], lw=0.8, color="0.5", label="input")

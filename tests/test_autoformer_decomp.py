@@ -306,9 +306,10 @@ def test_sigkill_after_the_first_checkpoint_then_resume_is_bit_identical(tiny_et
     assert metrics[0]["test_mse"] == metrics[1]["test_mse"]
 
 
-def test_decompose_only_writes_figures_and_exits(tiny_ett_root, tmp_path, capsys):
+@pytest.mark.parametrize("features", ["M", "S"])  # S: a figure with one row
+def test_decompose_only_writes_figures_and_exits(tiny_ett_root, tmp_path, capsys, features):
     af.main(["--decompose-only", "--data-root", str(tiny_ett_root), "--out", str(tmp_path),
-             "--run-name", "d"])  # fmt: skip
+             "--run-name", "d", "--features", features])  # fmt: skip
     run = tmp_path / "autoformer_decomp" / "d"
     assert sorted(p.name for p in run.iterdir()) == [
         "config.json", "decomposition_OT.png", "decomposition_channels.png"]  # fmt: skip
