@@ -2,20 +2,10 @@
 
 Paper: Wu, Xu, Wang, Long, "Autoformer: Decomposition Transformers with Auto-Correlation for
 Long-Term Series Forecasting", NeurIPS 2021. The study notes cover the series decomposition
-(eq. 1) and stop at Auto-Correlation; this script implements the whole model:
-- series decomposition (eq. 1): trend = moving average with the ends repeated (same length),
-  seasonal = input - trend; on the input and inside every layer;
-- Auto-Correlation (eqs. 5-6): autocorrelation of queries and keys by FFT (Wiener-Khinchin),
-  the top k = floor(c ln L) delays, softmax over their correlations, and the values rolled by
-  each delay summed with those weights;
-- encoder (eq. 3) keeping only the seasonal part, decoder (eq. 4) accumulating a trend.
-Training follows the paper's code: Adam 1e-4, batch 32, at most 10 epochs, LR halved per epoch
-from epoch 3, early stopping on validation MSE (patience 3), best weights restored for the test.
-The notes have no training configuration, so there is no --preset notes; --decompose-only draws
-the notes' decomposition figures.
-
-Data: the ETT protocol of seq2seq_etth.py (imported): 12/4/4-month split, scaler fitted on the
-training rows, every test window scored, MSE/MAE on the normalised scale. Input 96, label 48.
+(eq. 1) and stop at Auto-Correlation (eqs. 5-6); this script implements the whole model and
+trains it as the paper's code does (Adam, LR halved per epoch, early stopping), on the ETT
+protocol of seq2seq_etth.py (imported). The notes have no training configuration, so there is no
+--preset notes; --decompose-only draws the notes' decomposition figures.
 
 Full run (cpu preset: 1 encoder layer, d_model 128; ETTh1, M, horizon 96; ~8 min, 1 thread):
     python autoformer_decomp.py
@@ -302,21 +292,16 @@ def run_cli(main, argv: list[str] | None = None) -> int:
 
 # ==================================================================== common block: end
 
-# ----------------------------------------------------------------------------------------------
-# Config
-# ----------------------------------------------------------------------------------------------
-
+# -------------------------------------------------------------------------------------- config
 CHECKPOINT_VERSION = 2
 # paper: Sec. 4 and the code's ETTh1 script. cpu (default): the paper's layout at d_model 128
 # with ONE encoder layer, chosen on validation MSE (docs/autoformer_decomp.md): on ETTh1's 8,449
 # training windows two encoder layers over-fit after an epoch or two.
 PRESETS = {
-    "paper": dict(d_model=512, e_layers=2, d_layers=1, d_ff=2048, dropout=0.05, factor=3.0,
-                  moving_avg=25),
-    "cpu": dict(d_model=128, e_layers=1, d_layers=1, d_ff=512, dropout=0.05, factor=3.0,
-                moving_avg=25),
-}  # fmt: skip
-N_HEADS = 8  # only splits d_model: the delays are shared by every head (see AutoCorrelation)
+    "paper": dict(d_model=512, e_layers=2, d_ff=2048, dropout=0.05, factor=3.0, moving_avg=25),
+    "cpu": dict(d_model=128, e_layers=1, d_ff=512, dropout=0.05, factor=3.0, moving_avg=25),
+}
+D_LAYERS = 1  # decoder layers: one in every experiment of the paper and in both presets
 LABEL_LEN, PATIENCE, EVAL_BATCH = 48, 3, 256
 DECOMP_KERNELS, PLOT_HOURS = (5, 25, 49, 97), 24 * 21  # the decomposition figures
 
@@ -335,7 +320,6 @@ def build_parser() -> ArgumentParser:
     size = "(preset: cpu %s, paper %s)"
     p.add_argument("--d-model", type=int, help="model width " + size % (128, 512))
     p.add_argument("--e-layers", type=int, help="encoder layers " + size % (1, 2))
-    p.add_argument("--d-layers", type=int, help="decoder layers " + size % (1, 1))
     p.add_argument("--d-ff", type=int, help="feed-forward width " + size % (512, 2048))
     p.add_argument("--dropout", type=float, help="dropout " + size % (0.05, 0.05))
     p.add_argument("--factor", type=float, help="c in top k = floor(c ln L) " + size % (3, 3))
@@ -359,14 +343,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("epochs", "seq_len", "horizon", "d_model", "e_layers", "d_layers", "d_ff",
-                "moving_avg", "batch_size"):  # fmt: skip
+    for key in ("epochs", "seq_len", "horizon", "d_model", "e_layers", "d_ff", "moving_avg",
+                "batch_size"):  # fmt: skip
         if getattr(args, key) < 1:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
     if args.seq_len < LABEL_LEN:
         raise UsageError(f"--seq-len must be >= the decoder's {LABEL_LEN} known steps")
-    if args.d_model % N_HEADS:
-        raise UsageError(f"--d-model must be a multiple of {N_HEADS} (the heads)")
     if not 0 <= args.dropout < 1 or args.factor <= 0 or args.lr <= 0:
         raise UsageError("--dropout must be in [0, 1), --factor and --lr > 0")
     if args.max_steps_per_epoch < 0:
@@ -381,18 +363,12 @@ def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if choice == "bfloat16" else None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.is_file() else ""
     return torch.bfloat16 if "avx512_bf16" in flags or "amx_bf16" in flags else None
 
 
-# ----------------------------------------------------------------------------------------------
-# Series decomposition (Sec. 3.1, eq. 1)
-# ----------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------- series decomposition (eq. 1)
 class SeriesDecomposition(nn.Module):
     """eq. 1: X_t = AvgPool(Padding(X)), X_s = X - X_t, for x [B, L, C]; returns (X_s, X_t).
     Padding repeats the first and last values, so the trend does not sag to 0 at the ends; the
@@ -410,11 +386,7 @@ class SeriesDecomposition(nn.Module):
         return x - trend, trend
 
 
-# ----------------------------------------------------------------------------------------------
-# Auto-Correlation (Sec. 3.2, eqs. 5-6)
-# ----------------------------------------------------------------------------------------------
-
-
+# ----------------------------------------------------------------- Auto-Correlation (eqs. 5-6)
 def mean_autocorrelation(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """eq. 5, R(tau) = sum_t q[t + tau] k[t] (circular) = IFFT(FFT(q) * conj(FFT(k)))[tau]
     (Wiener-Khinchin), averaged over the channels: q, k [B, L, D] -> [B, L]. The inverse FFT is
@@ -451,15 +423,6 @@ def time_delay_aggregation(values: torch.Tensor, weights: torch.Tensor, delays: 
     return shift @ values
 
 
-def time_delay_aggregation_reference(values, weights, delays):
-    """eq. 6 one torch.roll at a time (for the tests and benchmarks/bench_autocorrelation.py)."""
-    out = torch.zeros_like(values)
-    for b in range(values.shape[0]):
-        for i in range(delays.shape[1]):
-            out[b] += weights[b, i] * torch.roll(values[b], -int(delays[b, i]), dims=0)
-    return out
-
-
 def top_k_for(length: int, factor: float) -> int:
     """k = floor(c ln L) (Sec. 3.2), at least 1 and at most L."""
     return max(1, min(length, int(factor * math.log(length))))
@@ -467,7 +430,8 @@ def top_k_for(length: int, factor: float) -> int:
 
 class AutoCorrelation(nn.Module):
     """Multi-head Auto-Correlation as the paper's code computes it: the correlation is averaged
-    over every head and channel, so all heads share the delays and the head split drops out."""
+    over every head and channel, so all heads share the delays and the head split drops out
+    (any d_model gives the numbers of the paper's 8 heads when 8 divides it)."""
 
     def __init__(self, d_model: int, factor: float):
         super().__init__()
@@ -489,11 +453,7 @@ class AutoCorrelation(nn.Module):
         return self.out(time_delay_aggregation(v, weights, delays))  # eq. 6
 
 
-# ----------------------------------------------------------------------------------------------
-# Model (Sec. 3.1: embedding, encoder eq. 3, decoder eq. 4)
-# ----------------------------------------------------------------------------------------------
-
-
+# ---------------------------------------------- model (Sec. 3.1: embedding, eq. 3, eq. 4)
 class DataEmbedding(nn.Module):
     """A width-3 circular convolution over time plus the timeF calendar features through a
     linear layer; no positional embedding: Auto-Correlation compares a series with shifted
@@ -536,15 +496,12 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.attention = AutoCorrelation(d_model, factor)
         self.feed_forward = feed_forward(d_model, d_ff, dropout)
-        self.decomp1, self.decomp2 = (
-            SeriesDecomposition(moving_avg),
-            SeriesDecomposition(moving_avg),
-        )
+        self.decomp = SeriesDecomposition(moving_avg)  # no weights: one module serves both
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, _ = self.decomp1(x + self.dropout(self.attention(x, x, x)))
-        x, _ = self.decomp2(x + self.feed_forward(x))
+        x, _ = self.decomp(x + self.dropout(self.attention(x, x, x)))
+        x, _ = self.decomp(x + self.feed_forward(x))
         return x
 
 
@@ -558,15 +515,15 @@ class DecoderLayer(nn.Module):
         self.self_attention = AutoCorrelation(d_model, factor)
         self.cross_attention = AutoCorrelation(d_model, factor)
         self.feed_forward = feed_forward(d_model, d_ff, dropout)
-        self.decomps = nn.ModuleList(SeriesDecomposition(moving_avg) for _ in range(3))
+        self.decomp = SeriesDecomposition(moving_avg)
         self.dropout = nn.Dropout(dropout)
         self.trend_projection = nn.Conv1d(d_model, c_out, 3, padding=1, padding_mode="circular",
                                           bias=False)  # fmt: skip
 
     def forward(self, x: torch.Tensor, cross: torch.Tensor):
-        x, trend1 = self.decomps[0](x + self.dropout(self.self_attention(x, x, x)))
-        x, trend2 = self.decomps[1](x + self.dropout(self.cross_attention(x, cross, cross)))
-        x, trend3 = self.decomps[2](x + self.feed_forward(x))
+        x, trend1 = self.decomp(x + self.dropout(self.self_attention(x, x, x)))
+        x, trend2 = self.decomp(x + self.dropout(self.cross_attention(x, cross, cross)))
+        x, trend3 = self.decomp(x + self.feed_forward(x))
         trend = self.trend_projection((trend1 + trend2 + trend3).transpose(1, 2)).transpose(1, 2)
         return x, trend
 
@@ -582,9 +539,7 @@ class Autoformer(nn.Module):
         self.dec_embedding = DataEmbedding(c_in, n_marks, args.d_model, args.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(**layer) for _ in range(args.e_layers))
         self.encoder_norm = SeasonalLayerNorm(args.d_model)
-        self.decoder = nn.ModuleList(
-            DecoderLayer(**layer, c_out=c_in) for _ in range(args.d_layers)
-        )
+        self.decoder = nn.ModuleList(DecoderLayer(**layer, c_out=c_in) for _ in range(D_LAYERS))
         self.decoder_norm = SeasonalLayerNorm(args.d_model)
         self.seasonal_projection = nn.Linear(args.d_model, c_in)
 
@@ -595,8 +550,7 @@ class Autoformer(nn.Module):
         # then H placeholders: zeros for the seasonal, the input mean for the trend.
         seasonal, trend = self.decomp(x)
         mean = x.mean(dim=1, keepdim=True).expand(-1, self.horizon, -1)
-        zeros = torch.zeros_like(mean)
-        seasonal = torch.cat([seasonal[:, -LABEL_LEN:], zeros], dim=1)
+        seasonal = torch.cat([seasonal[:, -LABEL_LEN:], torch.zeros_like(mean)], dim=1)
         trend = torch.cat([trend[:, -LABEL_LEN:], mean], dim=1)
         enc = self.enc_embedding(x, x_mark)
         for layer in self.encoder:  # eq. 3
@@ -613,23 +567,17 @@ class Autoformer(nn.Module):
         return forecast
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation and figures
-# ----------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------ evaluation and figures
 @torch.no_grad()
-def predict(model, windows, device, components: bool = False) -> list[torch.Tensor]:
-    """Forecasts of every window in eval mode (per-sample delays), CPU tensors [N, H, C]."""
+def predict(model, windows, device) -> torch.Tensor:
+    """Forecasts of every window in eval mode (per-sample delays), a CPU tensor [N, H, C]."""
     model.eval()
     x, _, x_mark, y_mark = windows
-    outs: list[list[torch.Tensor]] = [[], [], []]
+    parts = []
     for i in range(0, len(x), EVAL_BATCH):
-        sl = slice(i, i + EVAL_BATCH)
-        result = model(x[sl].to(device), x_mark[sl].to(device), y_mark[sl].to(device), components)
-        for store, part in zip(outs, result if components else (result,)):
-            store.append(part.float().cpu())
-    return [torch.cat(store) for store in outs if store]
+        b = slice(i, i + EVAL_BATCH)
+        parts.append(model(x[b].to(device), x_mark[b].to(device), y_mark[b].to(device)).float())
+    return torch.cat(parts).cpu()
 
 
 def score(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
@@ -646,42 +594,36 @@ def plot_decomposition(data: ETTData, kernel: int, out_dir: Path) -> None:
     frame = data.raw.iloc[lo : lo + PLOT_HOURS]
     dates = frame["date"].to_numpy()
     values = torch.tensor(frame[data.columns].to_numpy(np.float64))[None]  # [1, T, C]
-    unit = lambda name: f"{name} ({'°C' if name == 'OT' else 'file units'})"  # noqa: E731
+    unit = lambda c: f"{data.columns[c]} ({'°C' if data.columns[c] == 'OT' else 'file units'})"
     col = data.columns.index(data.target)
-    fig, axes = plt.subplots(len(DECOMP_KERNELS), 2, figsize=(13, 2.6 * len(DECOMP_KERNELS)))
-    for row, k in zip(axes, DECOMP_KERNELS):
-        seasonal, trend = SeriesDecomposition(k)(values)
-        row[0].plot(dates, values[0, :, col], lw=0.8, color="0.5", label="input")
-        row[0].plot(dates, trend[0, :, col], lw=1.6, color="C3", label=f"trend (k = {k})")
-        row[1].plot(dates, seasonal[0, :, col], lw=0.8, color="C0", label=f"seasonal (k = {k})")
-        for ax in row:
-            ax.set(xlabel="date", ylabel=unit(data.target))
-            ax.legend(loc="upper right", fontsize=8)
-    axes[0, 0].set_title(f"{data.target}: input and trend (moving average of k hours)")
-    axes[0, 1].set_title(f"{data.target}: seasonal = input - trend")
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(out_dir / f"decomposition_{data.target}.png", dpi=110)
-    plt.close(fig)
-
-    seasonal, trend = SeriesDecomposition(kernel)(values)
-    n = len(data.columns)
-    fig, axes = plt.subplots(n, 2, figsize=(13, 1.9 * n), squeeze=False, sharex=True)
-    for c, row in enumerate(axes):
-        row[0].plot(dates, values[0, :, c], lw=0.7, color="0.5", label="input")
-        row[0].plot(dates, trend[0, :, c], lw=1.4, color="C3", label="trend")
-        row[1].plot(dates, seasonal[0, :, c], lw=0.7, color="C0", label="seasonal")
-        row[0].set_ylabel(unit(data.columns[c]))
-    axes[0, 0].legend(loc="upper right", fontsize=8)
-    axes[0, 1].legend(loc="upper right", fontsize=8)
-    axes[0, 0].set_title(f"every channel: input and trend, k = {kernel} hours")
-    axes[0, 1].set_title("seasonal = input - trend")
-    for ax in axes[-1]:
-        ax.set_xlabel("date")
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(out_dir / "decomposition_channels.png", dpi=110)
-    plt.close(fig)
+    figures = {  # file: (rows of (channel, kernel), left title, right title)
+        f"decomposition_{data.target}.png": (
+            [(col, k) for k in DECOMP_KERNELS],
+            f"{data.target}: input and trend (moving average of k hours)",
+            f"{data.target}: seasonal = input - trend"),
+        "decomposition_channels.png": (
+            [(c, kernel) for c in range(len(data.columns))],
+            f"every channel: input and trend, k = {kernel} hours", "seasonal = input - trend"),
+    }  # fmt: skip
+    for name, (rows, left, right) in figures.items():
+        fig, axes = plt.subplots(len(rows), 2, figsize=(13, 2.2 * len(rows)), squeeze=False,
+                                 sharex=True)  # fmt: skip
+        for (c, k), row in zip(rows, axes):
+            seasonal, trend = SeriesDecomposition(k)(values)
+            row[0].plot(dates, values[0, :, c], lw=0.8, color="0.5", label="input")
+            row[0].plot(dates, trend[0, :, c], lw=1.6, color="C3", label=f"trend (k = {k})")
+            row[1].plot(dates, seasonal[0, :, c], lw=0.8, color="C0", label=f"seasonal (k = {k})")
+            for ax in row:
+                ax.set_ylabel(unit(c))
+                ax.legend(loc="upper right", fontsize=8)
+        axes[0, 0].set_title(left)
+        axes[0, 1].set_title(right)
+        for ax in axes[-1]:
+            ax.set_xlabel("date")
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
 
 
 def plot_losses(log: list[dict], path: Path) -> None:
@@ -699,11 +641,16 @@ def plot_losses(log: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_test_window(x, true, pred, seasonal, trend, name: str, index: int, path: Path) -> None:
+@torch.no_grad()
+def plot_test_window(model, windows, index: int, channel: int, name: str, device, path: Path):
     """One test window of one channel: input, truth and forecast on top; the forecast's final
     seasonal and trend parts (forecast = seasonal + trend) below."""
     import matplotlib.pyplot as plt
 
+    x, y, x_mark, y_mark = (w[index : index + 1].to(device) for w in windows)
+    parts = model.eval()(x, x_mark, y_mark, components=True)
+    pred, seasonal, trend = (part[0, :, channel].float().cpu().numpy() for part in parts)
+    x, true = x[0, :, channel].cpu().numpy(), y[0, LABEL_LEN:, channel].cpu().numpy()
     past, future = np.arange(-len(x), 0), np.arange(len(true))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     top.plot(past, x, color="0.4", label="input")
@@ -723,11 +670,7 @@ def plot_test_window(x, true, pred, seasonal, trend, name: str, index: int, path
     plt.close(fig)
 
 
-# ----------------------------------------------------------------------------------------------
-# Train
-# ----------------------------------------------------------------------------------------------
-
-
+# --------------------------------------------------------------------------------------- train
 def train_epoch(model, optimizer, windows, out, args, device, epoch, autocast_dtype) -> dict:
     """One pass over the windows in a global-RNG order (restored from the checkpoint)."""
     model.train()
@@ -755,11 +698,7 @@ def train_epoch(model, optimizer, windows, out, args, device, epoch, autocast_dt
             "train_steps": n_steps}  # fmt: skip
 
 
-# ----------------------------------------------------------------------------------------------
-# Main
-# ----------------------------------------------------------------------------------------------
-
-
+# ---------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     ckpt = None
@@ -787,7 +726,7 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     config = {k: v for k, v in vars(args).items() if k != "resume"}
     config.update(columns=data.columns, out_channels=out, freq=data.freq, n_params=n_params,
-                  device_used=str(device), label_len=LABEL_LEN,
+                  device_used=str(device), label_len=LABEL_LEN, d_layers=D_LAYERS,
                   autocast=str(autocast_dtype).replace("torch.", "") if autocast_dtype else "none",
                   **{f"{k}_rows": list(v) for k, v in data.borders.items()})  # fmt: skip
     open_run_dir(run_dir, config, resume=ckpt is not None, overwrite=args.overwrite)
@@ -816,7 +755,7 @@ def main(argv: list[str] | None = None) -> None:
         row.update(train_epoch(model, optimizer, splits["train"], out, args, device, epoch,
                                autocast_dtype))  # fmt: skip
         t0 = time.perf_counter()
-        (val_pred,) = predict(model, splits["val"], device)
+        val_pred = predict(model, splits["val"], device)
         val = score(val_pred[..., out], splits["val"][1][:, LABEL_LEN:, out])
         row.update(val_mse=val["mse"], val_mae=val["mae"], eval_seconds=time.perf_counter() - t0)
         scheduler.step()
@@ -841,23 +780,22 @@ def main(argv: list[str] | None = None) -> None:
         print(f"early stop: no better validation MSE for {PATIENCE} epochs", flush=True)
 
     model.load_state_dict(best_model)
-    pred, seasonal, trend = predict(model, splits["test"], device, components=True)
+    pred = predict(model, splits["test"], device)
     true = splits["test"][1][:, LABEL_LEN:]
     test = score(pred[..., out], true[..., out])
     np.save(run_dir / "pred.npy", pred[..., out].numpy())
     np.save(run_dir / "true.npy", true[..., out].numpy())
-    full = [r["train_seconds"] for r in state["log"] if r["train_steps"] == state["log"][0]["train_steps"]]  # fmt: skip
+    steps = state["log"][0]["train_steps"]  # seconds per epoch: the full-length epochs only
+    full = [r["train_seconds"] for r in state["log"] if r["train_steps"] == steps]
     metrics = {"test_mse": test["mse"], "test_mae": test["mae"], "best_val_mse": state["best_val"],
                "best_epoch": state["best_epoch"], "epochs_run": len(state["log"]),
                "seconds_per_epoch": float(np.mean(full)) if full else None,
                "n_test_windows": len(pred), "n_params": n_params}  # fmt: skip
     write_json(run_dir / "metrics.json", metrics)
     plot_losses(state["log"], run_dir / "loss_curves.png")
-    i = len(pred) // 2
     c = data.target_channel if data.target_channel in out else out[0]
-    plot_test_window(splits["test"][0][i, :, c].numpy(), true[i, :, c].numpy(),
-                     pred[i, :, c].numpy(), seasonal[i, :, c].numpy(), trend[i, :, c].numpy(),
-                     data.columns[c], i, run_dir / "test_window.png")  # fmt: skip
+    plot_test_window(model, splits["test"], len(pred) // 2, c, data.columns[c], device,
+                     run_dir / "test_window.png")  # fmt: skip
     print(f"test MSE {test['mse']:.4f} MAE {test['mae']:.4f} over {len(pred)} windows; "
           f"wrote {run_dir}", flush=True)  # fmt: skip
 

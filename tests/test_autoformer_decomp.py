@@ -111,6 +111,15 @@ def test_top_delay_recovers_shift_and_period():
     assert sorted(delays[0].tolist()) == [0, 24, 48, 72]
 
 
+def time_delay_aggregation_reference(values, weights, delays):
+    """eq. 6 as it reads: sum_i w_i Roll(V, tau_i), one torch.roll per sample and delay."""
+    out = torch.zeros_like(values)
+    for b in range(values.shape[0]):
+        for i in range(delays.shape[1]):
+            out[b] += weights[b, i] * torch.roll(values[b], -int(delays[b, i]), dims=0)
+    return out
+
+
 @pytest.mark.parametrize("batch_shared", [True, False])
 def test_vectorised_aggregation_equals_roll_reference(batch_shared):
     torch.manual_seed(1)
@@ -120,7 +129,7 @@ def test_vectorised_aggregation_equals_roll_reference(batch_shared):
     values = torch.randn(5, 30, 3, dtype=torch.float64, requires_grad=True)
     weights = weights.detach().requires_grad_(True)
     fast = af.time_delay_aggregation(values, weights, delays)
-    slow = af.time_delay_aggregation_reference(values, weights, delays)
+    slow = time_delay_aggregation_reference(values, weights, delays)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
     upstream = torch.randn_like(fast)
     grads_fast = torch.autograd.grad(fast, (values, weights), upstream)
@@ -209,7 +218,7 @@ def test_decoder_trend_starts_from_input_mean():
 
 @pytest.mark.parametrize(
     "argv, flag",
-    [(["--d-model", "30"], "--d-model"), (["--seq-len", "24"], "--seq-len"),
+    [(["--d-model", "0"], "--d-model"), (["--seq-len", "24"], "--seq-len"),
      (["--horizon", "0"], "--horizon"), (["--epochs", "0"], "--epochs"),
      (["--dropout", "1"], "--dropout")],
 )  # fmt: skip
@@ -220,11 +229,12 @@ def test_bad_flags_are_usage_errors(argv, flag):
 
 def test_default_is_the_cpu_preset_and_flags_override_presets():
     d = af.parse_args([])
-    got = (d.preset, d.d_model, d.e_layers, d.d_layers, d.d_ff, d.dropout, d.factor,
-           d.moving_avg, d.epochs, d.batch_size, d.lr, d.seq_len, d.horizon, d.threads)  # fmt: skip
-    assert got == ("cpu", 128, 1, 1, 512, 0.05, 3.0, 25, 10, 32, 1e-4, 96, 96, 1)
+    got = (d.preset, d.d_model, d.e_layers, d.d_ff, d.dropout, d.factor, d.moving_avg,
+           d.epochs, d.batch_size, d.lr, d.seq_len, d.horizon, d.threads)  # fmt: skip
+    assert got == ("cpu", 128, 1, 512, 0.05, 3.0, 25, 10, 32, 1e-4, 96, 96, 1)
+    assert af.D_LAYERS == 1
     paper = af.parse_args(["--preset", "paper", "--dropout", "0.1"])
-    assert (paper.d_model, paper.d_ff, paper.e_layers, paper.d_layers) == (512, 2048, 2, 1)
+    assert (paper.d_model, paper.d_ff, paper.e_layers) == (512, 2048, 2)
     assert paper.dropout == 0.1
 
 
@@ -296,9 +306,10 @@ def test_sigkill_after_the_first_checkpoint_then_resume_is_bit_identical(tiny_et
     assert metrics[0]["test_mse"] == metrics[1]["test_mse"]
 
 
-def test_decompose_only_writes_figures_and_exits(tiny_ett_root, tmp_path, capsys):
+@pytest.mark.parametrize("features", ["M", "S"])  # S: a figure with one row
+def test_decompose_only_writes_figures_and_exits(tiny_ett_root, tmp_path, capsys, features):
     af.main(["--decompose-only", "--data-root", str(tiny_ett_root), "--out", str(tmp_path),
-             "--run-name", "d"])  # fmt: skip
+             "--run-name", "d", "--features", features])  # fmt: skip
     run = tmp_path / "autoformer_decomp" / "d"
     assert sorted(p.name for p in run.iterdir()) == [
         "config.json", "decomposition_OT.png", "decomposition_channels.png"]  # fmt: skip
