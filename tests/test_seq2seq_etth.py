@@ -4,6 +4,7 @@ with checkpoint re-scoring, and kill-and-resume giving bit-identical weights."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -354,15 +355,31 @@ def test_score_original_units(tiny_ett_root: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("loss", ["l1", "mse"])
+def test_train_one_epoch_minimises_the_chosen_loss(loss) -> None:
+    torch.manual_seed(0)
+    model = s2s.Seq2Seq(1, [0], 8, 4, hidden=8, layers=1, teacher_forcing=0.0, segment=4)
+    train = s2s.Windows(torch.randn(6, 8, 1), torch.randn(6, 4, 1))
+    args = argparse.Namespace(batch_size=6, max_train_batches=0, loss=loss)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no step: the loss is the start's
+    model.train()
+    with torch.no_grad():
+        pred = model(train.x)
+    expected = (pred - train.y).abs().mean() if loss == "l1" else ((pred - train.y) ** 2).mean()
+    got = s2s.train_one_epoch(model, optimizer, train, args, 1, torch.Generator().manual_seed(0))
+    assert got == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_default_is_the_best_recipe_and_notes_preset_is_the_notes_model() -> None:
     a = s2s.parse_args([])
     got = (a.preset, a.features, a.window, a.horizon, a.segment, a.channel_independent,
            a.instance_norm, a.batch_size, a.hidden, a.layers, a.teacher_forcing, a.epochs, a.lr,
-           a.threads)  # fmt: skip
-    assert got == ("best", "M", 96, 96, 24, True, "last", 32, 128, 2, 0.3, 6, 1e-3, 1)
+           a.threads, a.loss)  # fmt: skip
+    assert got == ("best", "M", 96, 96, 24, True, "last", 32, 128, 2, 0.3, 6, 1e-3, 1, "l1")
     n = s2s.parse_args(["--preset", "notes"])
-    got = (n.window, n.horizon, n.segment, n.channel_independent, n.instance_norm, n.batch_size)
-    assert got == (64, 24, 1, False, "none", 16)
+    got = (n.window, n.horizon, n.segment, n.channel_independent, n.instance_norm, n.batch_size,
+           n.loss)  # fmt: skip
+    assert got == (64, 24, 1, False, "none", 16, "mse")
     assert s2s.parse_args(["--preset", "notes", "--window", "96"]).window == 96
     assert s2s.parse_args(["--features", "MS"]).channel_independent is False
     assert s2s.parse_args(["--no-channel-independent"]).channel_independent is False
