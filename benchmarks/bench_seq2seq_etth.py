@@ -6,7 +6,9 @@ Runs whose metrics.json exists are reused, so a set can be filled in over severa
 the JSON always holds every finished seed of the set. Tuning seeds 0-4, held-out 100-119.
 
     python benchmarks/bench_seq2seq_etth.py                       # default recipe, H=96, M
-    python benchmarks/bench_seq2seq_etth.py --seeds 0 1 2 3 4     # the same on tuning seeds
+    python benchmarks/bench_seq2seq_etth.py --name seq2seq_etth_tuning --seeds 0 1 2 3 4
+    python benchmarks/bench_seq2seq_etth.py --name seq2seq_etth_h336 -- --horizon 336
+    python benchmarks/bench_seq2seq_etth.py --name seq2seq_etth_S -- --features S
     python benchmarks/bench_seq2seq_etth.py --name seq2seq_etth_notes -- --preset notes
 Quick check of the runner (seconds, meaningless numbers, nothing written to results/):
     python benchmarks/bench_seq2seq_etth.py --seeds 0 --out /tmp/b --dry -- --epochs 1 \\
@@ -32,8 +34,15 @@ METRICS = {
     "epochs_run": "epochs",
     "n_params": "parameters",
 }
-TITLES = {"seq2seq_etth_default": "ETTh1, M, H=96, default recipe (channel-independent, segment 24)",
-          "seq2seq_etth_notes": "ETTh1, M, H=24, `--preset notes`"}  # fmt: skip
+RECIPE = "default recipe (channel-independent, 24-step segments, L1 training loss)"
+TITLES = {
+    "seq2seq_etth_default": f"ETTh1, M, input 96, H=96, {RECIPE}",
+    "seq2seq_etth_tuning": f"ETTh1, M, input 96, H=96, {RECIPE}, tuning seeds",
+    **{f"seq2seq_etth_h{h}": f"ETTh1, M, input 96, H={h}, {RECIPE}" for h in (192, 336, 720)},
+    "seq2seq_etth_S": "ETTh1, S (OT alone), input 96, H=96; MSE/MAE over OT",
+    "seq2seq_etth_MS": "ETTh1, MS (all channels in, OT out), input 96, H=96; MSE/MAE over OT",
+    "seq2seq_etth_notes": "ETTh1, M, H=24, `--preset notes`",
+}
 
 
 def main() -> None:

@@ -84,13 +84,21 @@ def main() -> None:
         "command": "python benchmarks/compare_seq2seq_published.py",
         "git_commit": ",".join(sorted(commits)) or git_commit(),
         "machine": machine(),
-        "date": max((load_results(n)["date"] for n in OURS.values()
-                     if (RESULTS_DIR / f"{n}.json").is_file()), default=""),  # fmt: skip
+        "date": max(
+            (
+                load_results(n)["date"]
+                for n in OURS.values()
+                if (RESULTS_DIR / f"{n}.json").is_file()
+            ),
+            default="",
+        ),  # fmt: skip
         "note": "ETTh1, features M, input 96; MSE / MAE on the normalised scale. Our row: mean "
         "over held-out seeds (git_commit: the commits of its result files); published rows: as "
         "their sources state them.",
-        "table": {"columns": ["model (input 96)", "H=96", "192", "336", "720", "avg MSE",
-                              "source"], "rows": rows},  # fmt: skip
+        "table": {
+            "columns": ["model (input 96)", "H=96", "192", "336", "720", "avg MSE", "source"],
+            "rows": rows,
+        },  # fmt: skip
     }
     path = RESULTS_DIR / "seq2seq_etth_vs_published.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
