@@ -59,7 +59,10 @@ from tqdm import tqdm
 # naming the flag or file; a run writes only into OUT/<script>/<run-name>/, which exists only
 # once the run has really started; checkpoints are atomic and name the script that wrote them.
 SCRIPT = Path(__file__).stem
-EXIT_RUNTIME, EXIT_USAGE = 1, 2
+EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+NEW_RUN_DIR: list[
+    Path
+] = []  # the run folder this process made; gone if it stops before a checkpoint
 
 
 class UsageError(Exception):
@@ -120,6 +123,8 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise UsageError("--resume continues a run; it cannot be combined with --overwrite")
     if args.resume is not None and not args.resume.is_file():
         raise UsageError(f"--resume: no such file {args.resume}")
+    if args.resume is not None and args.run_name is not None:
+        raise UsageError("--resume continues a run in its checkpoint's folder; drop --run-name")
     name = args.run_name
     if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name):
         raise UsageError(f"--run-name {name!r}: use a plain folder name")
@@ -188,17 +193,26 @@ def open_run_dir(run_dir: Path, config: dict, *, resume: bool, overwrite: bool) 
         )
         if not ok:
             raise TypeError(f"config.json must stay flat: {key} is {type(value).__name__}")
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config)
+    try:
+        if overwrite and not resume and run_dir.exists():
+            shutil.rmtree(run_dir)
+        if not resume:
+            NEW_RUN_DIR.append(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", config)
+    except OSError as exc:
+        raise RunError(f"cannot write the run folder {run_dir} ({exc.strerror or exc})") from None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_json(path: Path, obj) -> None:
-    """Atomic: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def append_jsonl(path: Path, row: dict) -> None:
@@ -208,17 +222,22 @@ def append_jsonl(path: Path, row: dict) -> None:
 
 def save_checkpoint(path: Path, state: dict, *, version: int) -> None:
     """Atomic (write, fsync, rename): a kill at any moment leaves the previous checkpoint whole.
-    Records the script and its checkpoint version, and every RNG state."""
-    tmp = path.with_name(path.name + ".tmp")
+    Records the script and its checkpoint version, every RNG state and how many lines log.jsonl
+    had, so that --resume can drop the lines logged after it."""
+    tmp, log = path.with_name(path.name + ".tmp"), path.with_name("log.jsonl")
+    log_lines = len(log.read_text().splitlines()) if log.is_file() else 0
+    meta = {"script": SCRIPT, "version": version, "rng": rng_state(), "log_lines": log_lines}
     with open(tmp, "wb") as f:
-        torch.save({"script": SCRIPT, "version": version, "rng": rng_state(), **state}, f)
+        torch.save({**meta, **state}, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path, *, version: int, flag: str = "--resume") -> dict:
-    """A checkpoint of this script and version, or a UsageError naming the file."""
+    """A checkpoint of this script and version, or a UsageError naming the file. With --resume,
+    log.jsonl beside it is cut back to the lines it had at that checkpoint: the run replays the
+    rest and logs it again."""
     if not Path(path).is_file():
         raise UsageError(f"{flag}: no such file {path}")
     try:
@@ -237,6 +256,10 @@ def load_checkpoint(path: Path, *, version: int, flag: str = "--resume") -> dict
             f"{flag}: {path} has checkpoint version {ckpt.get('version')}; "
             f"this {SCRIPT}.py reads version {version}"
         )
+    log = Path(path).with_name("log.jsonl")
+    if flag == "--resume" and log.is_file() and "log_lines" in ckpt:
+        lines = log.read_text().splitlines(keepends=True)
+        write_text_atomic(log, "".join(lines[: ckpt["log_lines"]]))
     return ckpt
 
 
@@ -290,15 +313,23 @@ class Progress:
 
 
 def run_cli(main, argv: list[str] | None = None) -> int:
-    """main(argv) with the exit-code contract: 0 done, 1 RunError, 2 UsageError."""
+    """main(argv) with the exit-code contract: 0 done, 1 RunError, 2 UsageError, 130 Ctrl-C. A
+    run stopped before its first checkpoint leaves no folder behind."""
     try:
         main(argv)
     except UsageError as exc:
         print(f"{SCRIPT}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except RunError as exc:
-        print(f"{SCRIPT}: error: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
+    except (RunError, KeyboardInterrupt) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        message = "interrupted" if interrupted else f"error: {exc}"
+        for run_dir in NEW_RUN_DIR:
+            if not (run_dir / "checkpoint.pt").is_file():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            elif interrupted:
+                message += f"; continue with --resume {run_dir / 'checkpoint.pt'}"
+        print(f"{SCRIPT}: {message}", file=sys.stderr)
+        return EXIT_INTERRUPTED if interrupted else EXIT_RUNTIME
     return 0
 
 
@@ -362,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drs-percentile", type=float, default=80.0,
                    help="DRS's gamma: this percentile of F(x) on the burn-in; higher keeps fewer")  # fmt: skip
     p.add_argument("--eval-every", type=int, default=0,
-                   help="score the samples every N epochs; 0 (the default): at the end only")  # fmt: skip
+                   help="score the samples every N epochs; 0: at the end only")  # fmt: skip
     p.add_argument("--eval-samples", type=int, default=10_000, help="images per evaluation")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="the run to use with --generate or --eval-only")  # fmt: skip
@@ -460,7 +491,9 @@ def load_mnist(data_root: Path) -> dict[str, np.ndarray]:
 
     found = find()
     if None in found.values() and not (data_root / "MNIST" / "MNIST").exists():
-        root_existed = data_root.exists()
+        existing = raw  # the deepest folder that exists now: nothing above it is removed
+        while not existing.exists():
+            existing = existing.parent
         print(f"MNIST not in {raw}; trying torchvision's download ...", flush=True)
         try:
             import torchvision
@@ -473,9 +506,7 @@ def load_mnist(data_root: Path) -> dict[str, np.ndarray]:
                     torchvision.datasets.MNIST(str(data_root), train=train, download=True)
         except Exception as exc:  # noqa: BLE001 - offline, read-only folder, ...: say what to do
             print(f"download failed ({type(exc).__name__})", flush=True)
-        remove_empty_dirs(raw, data_root)
-        if not root_existed and data_root.is_dir() and not any(data_root.iterdir()):
-            data_root.rmdir()
+        remove_empty_dirs(raw, existing)
         found = find()
     missing = [MNIST_FILES[key] for key, path in found.items() if path is None]
     if missing:

@@ -115,3 +115,52 @@ def test_run_cli_maps_errors_to_exit_codes(capsys):
     assert cb.run_cli(lambda argv: None) == 0
     err = capsys.readouterr().err.splitlines()
     assert err == ["common_block: error: --x bad", "common_block: error: data/f missing"]
+
+
+def test_resume_with_run_name_is_refused_and_an_unwritable_out_is_one_line(tmp_path):
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"")
+    args = args_for(tmp_path, "--resume", str(ckpt), "--run-name", "b")
+    with pytest.raises(cb.UsageError, match="drop --run-name"):
+        cb.check_common_args(args)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(cb.RunError, match="cannot write the run folder"):
+        cb.open_run_dir(tmp_path / "file" / "run", {}, resume=False, overwrite=False)
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_interrupt_or_failure_removes_a_run_folder_without_checkpoint(tmp_path, capsys,
+                                                                     monkeypatch, checkpointed):  # fmt: skip
+    monkeypatch.setattr(cb, "NEW_RUN_DIR", [])
+    run_dir = tmp_path / "out" / "run"
+
+    def main(argv):
+        cb.open_run_dir(run_dir, {}, resume=False, overwrite=False)
+        if checkpointed:
+            cb.save_checkpoint(run_dir / "checkpoint.pt", {}, version=1)
+        raise KeyboardInterrupt if argv == ["ctrl-c"] else cb.RunError("diverged")
+
+    assert cb.run_cli(main, ["ctrl-c"]) == 130
+    assert run_dir.is_dir() == checkpointed
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("common_block: interrupted")
+    assert ("--resume" in message) == checkpointed and len(message.splitlines()) == 1
+    monkeypatch.setattr(cb, "NEW_RUN_DIR", [])
+    if checkpointed:
+        (run_dir / "checkpoint.pt").unlink()
+    assert cb.run_cli(main, ["fail"]) == 1
+    assert run_dir.is_dir() == checkpointed
+    assert capsys.readouterr().err.strip() == "common_block: error: diverged"
+
+
+def test_resume_cuts_log_jsonl_back_to_the_checkpoint(tmp_path):
+    log, ckpt = tmp_path / "log.jsonl", tmp_path / "checkpoint.pt"
+    for step in range(3):
+        cb.append_jsonl(log, {"step": step})
+    cb.save_checkpoint(ckpt, {}, version=1)
+    for step in range(3, 5):
+        cb.append_jsonl(log, {"step": step})  # logged after the checkpoint, then killed
+    cb.load_checkpoint(ckpt, version=1, flag="--checkpoint")  # re-scoring leaves the log alone
+    assert len(log.read_text().splitlines()) == 5
+    cb.load_checkpoint(ckpt, version=1)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0, 1, 2]
