@@ -48,9 +48,8 @@ from seq2seq_etth import ETT_NAMES, ETTData, load_ett, make_windows
 # once the run has really started; checkpoints are atomic and name the script that wrote them.
 SCRIPT = Path(__file__).stem
 EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-NEW_RUN_DIR: list[
-    Path
-] = []  # the run folder this process made; gone if it stops before a checkpoint
+# The run folder this process made: run_cli removes it if the run stops before a checkpoint.
+NEW_RUN_DIR: list[Path] = []
 
 
 class UsageError(Exception):
@@ -192,15 +191,11 @@ def open_run_dir(run_dir: Path, config: dict, *, resume: bool, overwrite: bool) 
         raise RunError(f"cannot write the run folder {run_dir} ({exc.strerror or exc})") from None
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    """Atomic: readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def append_jsonl(path: Path, row: dict) -> None:
@@ -210,11 +205,11 @@ def append_jsonl(path: Path, row: dict) -> None:
 
 def save_checkpoint(path: Path, state: dict, *, version: int) -> None:
     """Atomic (write, fsync, rename): a kill at any moment leaves the previous checkpoint whole.
-    Records the script and its checkpoint version, every RNG state and how many lines log.jsonl
-    had, so that --resume can drop the lines logged after it."""
+    Records the script and its checkpoint version, every RNG state and the size of log.jsonl,
+    so that --resume can drop what was logged after it."""
     tmp, log = path.with_name(path.name + ".tmp"), path.with_name("log.jsonl")
-    log_lines = len(log.read_text().splitlines()) if log.is_file() else 0
-    meta = {"script": SCRIPT, "version": version, "rng": rng_state(), "log_lines": log_lines}
+    log_bytes = log.stat().st_size if log.is_file() else 0
+    meta = {"script": SCRIPT, "version": version, "rng": rng_state(), "log_bytes": log_bytes}
     with open(tmp, "wb") as f:
         torch.save({**meta, **state}, f)
         f.flush()
@@ -224,8 +219,8 @@ def save_checkpoint(path: Path, state: dict, *, version: int) -> None:
 
 def load_checkpoint(path: Path, *, version: int, flag: str = "--resume") -> dict:
     """A checkpoint of this script and version, or a UsageError naming the file. With --resume,
-    log.jsonl beside it is cut back to the lines it had at that checkpoint: the run replays the
-    rest and logs it again."""
+    log.jsonl beside it is cut back to its size at that checkpoint: the run replays the rest and
+    logs it again."""
     if not Path(path).is_file():
         raise UsageError(f"{flag}: no such file {path}")
     try:
@@ -244,10 +239,9 @@ def load_checkpoint(path: Path, *, version: int, flag: str = "--resume") -> dict
             f"{flag}: {path} has checkpoint version {ckpt.get('version')}; "
             f"this {SCRIPT}.py reads version {version}"
         )
-    log = Path(path).with_name("log.jsonl")
-    if flag == "--resume" and log.is_file() and "log_lines" in ckpt:
-        lines = log.read_text().splitlines(keepends=True)
-        write_text_atomic(log, "".join(lines[: ckpt["log_lines"]]))
+    log, keep = Path(path).with_name("log.jsonl"), ckpt.get("log_bytes")
+    if flag == "--resume" and keep is not None and log.is_file() and log.stat().st_size > keep:
+        os.truncate(log, keep)
     return ckpt
 
 
